@@ -1,0 +1,180 @@
+"""The `gridwatch` command line. Every subcommand has --help."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from gridwatch.config import ConfigError, GridwatchConfig, demo_config_path, load_config
+
+app = typer.Typer(
+    help="gridwatch: command-centre analytics for grid-based city governance.", no_args_is_help=True
+)
+config_app = typer.Typer(help="Check and describe configuration files.", no_args_is_help=True)
+streams_app = typer.Typer(help="Faust stream workers.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: each prints one JSON object as its last line.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(streams_app, name="streams")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+ConfigOpt = typer.Option(
+    None, "--config", "-c", help="gridwatch YAML file (default: the embedded demo config)."
+)
+
+
+def _load(path: Path | None) -> GridwatchConfig:
+    try:
+        return load_config(path or demo_config_path())
+    except ConfigError as e:
+        console.print(f"[red]configuration error[/red]\n{e}")
+        raise typer.Exit(2) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@config_app.command("check")
+def config_check(file: Path = typer.Argument(..., help="The YAML file to validate.")) -> None:
+    """Validate a configuration file (and its sensor files and city map); print a summary."""
+    cfg = _load(file)
+    from gridwatch.city import CityModel, CityModelError
+    from gridwatch.registry import build_sensor_registry
+
+    try:
+        city = CityModel.load(cfg.city.geojson)
+        registry = build_sensor_registry(cfg, city)
+    except (CityModelError, ConfigError) as e:
+        console.print(f"[red]configuration error[/red]\n{e}")
+        raise typer.Exit(2) from None
+    outside = [s.id for s in registry.values() if s.grid_id is None]
+    counts = city.counts()
+    console.print(
+        f"[green]OK[/green] {file}: {len(cfg.sensors)} sensors of {len(cfg.sensor_types)} types; city "
+        f"{counts.get('district', 0)} district / {counts.get('town', 0)} towns / {counts.get('community', 0)} "
+        f"communities / {counts.get('grid', 0)} grids"
+    )
+    if outside:
+        console.print(
+            f"[yellow]warning[/yellow]: {len(outside)} sensors are outside every grid: {outside[:5]}"
+        )
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the configuration file (every field with its description)."""
+    print(json.dumps(GridwatchConfig.model_json_schema(), indent=2, ensure_ascii=False))
+
+
+@app.command("schemas")
+def schemas(markdown: bool = typer.Option(False, help="Markdown tables instead of JSON Schema.")) -> None:
+    """Print the event schemas shared by every part of gridwatch."""
+    from gridwatch.schemas import ALL_SCHEMAS
+
+    if not markdown:
+        print(json.dumps({m.schema_name: m.model_json_schema() for m in ALL_SCHEMAS}, indent=2))
+        return
+    for m in ALL_SCHEMAS:
+        print(f"## `{m.schema_name}` v{m.version}\n\n{(m.__doc__ or '').strip()}\n")
+        print("| field | type | required | description |\n|---|---|---|---|")
+        props = m.model_json_schema().get("properties", {})
+        required = set(m.model_json_schema().get("required", []))
+        for name, p in props.items():
+            typ = p.get("type") or ", ".join(
+                x.get("type", x.get("$ref", "?").split("/")[-1]) for x in p.get("anyOf", [])
+            )
+            print(
+                f"| `{name}` | {typ or p.get('$ref', '').split('/')[-1]} | {'yes' if name in required else 'no'} | {p.get('description', '')} |"
+            )
+        print()
+
+
+@app.command("topics")
+def topics(
+    config: Path = ConfigOpt, create: bool = typer.Option(False, help="Create the Kafka topics up front.")
+) -> None:
+    """List gridwatch's Kafka topics (and create them with --create)."""
+    from gridwatch.kafka import ensure_topics_sync, topic_partitions
+    from gridwatch.topics import ALL_KAFKA_TOPICS
+
+    cfg = _load(config)
+    parts = topic_partitions(cfg.kafka)
+    for t in ALL_KAFKA_TOPICS:
+        print(f"{t.name}\t{parts[t.name]} partitions\t{t.schema}\t{t.description}")
+    if create:
+        ensure_topics_sync(cfg.kafka)
+
+
+@app.command("bridge")
+def bridge(config: Path = ConfigOpt, log_level: str = typer.Option("info", help="Log level.")) -> None:
+    """Run the MQTT -> Kafka sensor bridge until interrupted."""
+    _logging(log_level)
+    cfg = _load(config)
+
+    async def main() -> None:
+        from gridwatch.influx import InfluxSink
+        from gridwatch.ingest.mqtt_bridge import SensorBridge
+
+        async with InfluxSink(cfg.influx, name="bridge-influx") as sink:
+            b = SensorBridge(cfg, influx=sink)
+            import signal
+
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, b.stop)
+            await b.run_forever()
+
+    asyncio.run(main())
+
+
+@streams_app.command("worker")
+def streams_worker(
+    config: Path = ConfigOpt, log_level: str = typer.Option("info", help="Log level.")
+) -> None:
+    """Run a Faust stream worker (windows + rules -> InfluxDB and incident candidates)."""
+    _logging(log_level)
+    cfg = _load(config)
+    from gridwatch.city import CityModel
+    from gridwatch.registry import build_sensor_registry
+    from gridwatch.streams.app import run_worker
+
+    registry = build_sensor_registry(cfg, CityModel.load(cfg.city.geojson))
+    sys.argv = [sys.argv[0], "worker"]  # Faust's Worker reads argv
+    run_worker(cfg, registry, loglevel=log_level)
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(
+        Path("var/demo"), help="Where the embedded servers keep their data and logs."
+    ),
+    history_hours: float = typer.Option(3.0, help="Hours of sensor history to replay."),
+    live_s: float = typer.Option(20.0, help="Seconds of live feed after the replay."),
+    keep: bool = typer.Option(False, help="Keep the servers running after the summary until Ctrl-C."),
+) -> None:
+    """Run the whole sensor loop on embedded servers: MQTT -> Kafka -> Faust -> InfluxDB + candidates."""
+    from gridwatch.demo import run_demo
+
+    code = run_demo(workdir=workdir, history_hours=history_hours, live_s=live_s, keep=keep, console=console)
+    raise typer.Exit(code)
+
+
+@bench_app.command("city")
+def bench_city(lookups: int = typer.Option(100_000, help="Point lookups to time.")) -> None:
+    """Point -> grid lookup time on the demo city, beside a bare STRtree query."""
+    from gridwatch.bench.city import run_city_bench
+
+    print(json.dumps(run_city_bench(lookups=lookups)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,475 @@
+"""The one configuration loader.
+
+A gridwatch deployment is described by one YAML file validated by the pydantic models
+below (unknown keys are refused, every field has a title and a description: run
+`gridwatch config schema` to see them all). Secrets are never written in the file: a
+field ending in `_env` names the environment variable that holds the secret.
+
+    cfg = load_config("gridwatch.yaml")      # raises ConfigError("file: key.path: problem")
+
+Relative paths in the file (city map, extra sensor files, spill directory) are resolved
+against the directory of the file that names them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gridwatch.schemas import SENSOR_ID_PATTERN, Category, Severity
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as `file: key.path: problem`."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def secret_from_env(var: str | None, *, what: str) -> str | None:
+    """Read a secret named by an `*_env` field. The value is never logged or put in errors."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise ConfigError(f"{what}: environment variable {var} is not set")
+    return value
+
+
+# --- servers --------------------------------------------------------------------------------
+class MqttConfig(_Model):
+    host: str = Field("127.0.0.1", title="Host", description="MQTT broker host.")
+    port: int = Field(1883, ge=1, le=65535, title="Port", description="MQTT broker port.")
+    username: str | None = Field(
+        None, title="Username", description="MQTT username, if the broker wants one."
+    )
+    password_env: str | None = Field(
+        None, title="Password variable", description="Environment variable holding the MQTT password."
+    )
+    topic_prefix: str = Field(
+        "gridwatch",
+        pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$",
+        title="Topic prefix",
+        description="First level(s) of every gridwatch MQTT topic: `{prefix}/sensors/{id}/reading`.",
+    )
+    client_id: str = Field(
+        "gridwatch-bridge",
+        title="Client id",
+        description="MQTT client id of the bridge. Stable, so its persistent session survives restarts.",
+    )
+    keepalive_s: int = Field(30, ge=5, title="Keepalive", description="MQTT keepalive in seconds.")
+    session_expiry_s: int = Field(
+        86_400,
+        ge=0,
+        title="Session expiry",
+        description="How long the broker keeps the bridge's session and queued QoS 1 messages while it is "
+        "away (MQTT v5 session expiry interval).",
+    )
+    receive_maximum: int = Field(
+        20_000,
+        ge=10,
+        le=65_535,
+        title="Receive maximum",
+        description="QoS 1 messages the broker may have in flight to the bridge. Each is acknowledged only "
+        "after Kafka has it, so this must cover rate x Kafka round trip (20k/s x 0.1 s = 2,000) with margin.",
+    )
+    reconnect_min_s: float = Field(0.5, gt=0, title="Reconnect backoff min", description="First retry delay.")
+    reconnect_max_s: float = Field(
+        30, gt=0, title="Reconnect backoff max", description="Longest retry delay."
+    )
+
+
+KafkaProfile = Literal["production", "dev"]
+
+
+class KafkaConfig(_Model):
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", title="Bootstrap servers", description="Comma-separated host:port list."
+    )
+    profile: KafkaProfile = Field(
+        "production",
+        title="Profile",
+        description="'production' for Apache Kafka / Redpanda. 'dev' honours the quirks of the embedded Tansu "
+        "broker: one record per produce request (its ListOffsets 'latest' is wrong otherwise, and Faust then "
+        "fails a rebalance with ConsistencyError) and a short session timeout (its group join waits half of it).",
+    )
+    readings_partitions: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        title="Readings partitions",
+        description="Partitions of the readings topic: the most stream workers that can share the load.",
+    )
+    replication_factor: int = Field(1, ge=1, title="Replication factor", description="For created topics.")
+    session_timeout_ms: int | None = Field(
+        None,
+        ge=1000,
+        title="Session timeout",
+        description="Consumer group session timeout. Default: 6000 in the dev profile, 30000 in production.",
+    )
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        title="Producer max batch size",
+        description="aiokafka max_batch_size in bytes. Default: 1 in the dev profile (one record per request), "
+        "1 MiB in production.",
+    )
+    linger_ms: int | None = Field(
+        None, ge=0, title="Producer linger", description="Default 0 dev, 5 production."
+    )
+
+    def effective_session_timeout_ms(self) -> int:
+        return self.session_timeout_ms or (6000 if self.profile == "dev" else 30_000)
+
+    def effective_max_batch_size(self) -> int:
+        return self.max_batch_size or (1 if self.profile == "dev" else 1 << 20)
+
+    def effective_linger_ms(self) -> int:
+        if self.linger_ms is not None:
+            return self.linger_ms
+        return 0 if self.profile == "dev" else 5
+
+
+class InfluxConfig(_Model):
+    url: str = Field("http://127.0.0.1:8086", title="URL", description="InfluxDB base URL (v2 write API).")
+    org: str = Field("gridwatch", title="Organisation", description="InfluxDB organisation.")
+    bucket: str = Field(
+        "gridwatch",
+        title="Bucket",
+        description="Bucket (2.x/3.x) or 'database/retention' (1.8+ compatibility).",
+    )
+    token_env: str | None = Field(
+        None, title="Token variable", description="Environment variable holding the API token."
+    )
+    batch_max_lines: int = Field(5000, ge=1, title="Batch size", description="Lines per write request.")
+    flush_interval_ms: int = Field(250, ge=10, title="Flush interval", description="Longest a line waits.")
+    max_buffer_lines: int = Field(
+        500_000,
+        ge=1000,
+        title="Memory buffer bound",
+        description="Lines held in memory while InfluxDB is unreachable; beyond this, batches spill to disk.",
+    )
+    spill_dir: Path | None = Field(
+        None,
+        title="Spill directory",
+        description="Where batches spill during a long outage, replayed on recovery. None: no spilling, and "
+        "lines beyond the memory bound are dropped and counted.",
+    )
+    max_spill_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        title="Spill bound",
+        description="Disk the spill may use; beyond it, drops are counted.",
+    )
+    retry_min_s: float = Field(0.2, gt=0, title="Retry backoff min", description="First retry delay.")
+    retry_max_s: float = Field(10, gt=0, title="Retry backoff max", description="Longest retry delay.")
+    timeout_s: float = Field(10, gt=0, title="Request timeout", description="Per write request.")
+
+
+# --- pipeline stages -------------------------------------------------------------------------
+class BridgeConfig(_Model):
+    batch_max_readings: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        title="Readings per record",
+        description="Readings packed into one Kafka record (per partition).",
+    )
+    flush_interval_ms: int = Field(50, ge=1, title="Flush interval", description="Longest a reading waits.")
+    max_payload_bytes: int = Field(
+        2048, ge=64, title="Max payload", description="Larger payloads are dead-lettered as oversize."
+    )
+    max_future_s: float = Field(
+        300, ge=0, title="Max future skew", description="Readings stamped further ahead of now are refused."
+    )
+    max_past_s: float = Field(
+        7 * 86_400, ge=0, title="Max age", description="Readings stamped further back than this are refused."
+    )
+    health_interval_s: float = Field(5, gt=0, title="Health interval", description="Health metrics period.")
+
+
+class StreamsConfig(_Model):
+    app_id: str = Field("gridwatch-streams", title="App id", description="Faust app id (consumer group).")
+    window_s: int = Field(
+        60, ge=1, le=86_400, title="Window", description="Tumbling window length in seconds."
+    )
+    window_grace_s: int = Field(
+        10, ge=0, title="Window grace", description="How long after its end a window waits for late readings."
+    )
+    tick_s: float = Field(
+        1.0, gt=0, title="Tick", description="How often silence and window closes are checked."
+    )
+    web_port: int | None = Field(
+        None, title="Web port", description="Faust's web server port (metrics); None disables it."
+    )
+    data_dir: Path | None = Field(
+        None, title="Data dir", description="Faust data directory (default: a temp dir)."
+    )
+
+
+# --- sensors and rules -----------------------------------------------------------------------
+class ThresholdRule(_Model):
+    """Raise when the value crosses `above` (or falls under `below`); clear only past the clear level."""
+
+    above: float | None = Field(None, title="Above", description="Raise when value > above.")
+    clear_below: float | None = Field(
+        None, title="Clear below", description="Episode ends when value < clear_below (hysteresis)."
+    )
+    below: float | None = Field(None, title="Below", description="Raise when value < below.")
+    clear_above: float | None = Field(
+        None, title="Clear above", description="Low episode ends when value > clear_above."
+    )
+    severity: Severity = Field(Severity.HIGH, title="Severity", description="Severity of the candidate.")
+
+    @model_validator(mode="after")
+    def _hysteresis_makes_sense(self) -> ThresholdRule:
+        if self.above is None and self.below is None:
+            raise ValueError("give 'above' or 'below' (or both)")
+        if self.above is not None:
+            if self.clear_below is None:
+                raise ValueError("'above' needs 'clear_below' (the level at which the episode ends)")
+            if self.clear_below > self.above:
+                raise ValueError(f"clear_below ({self.clear_below}) must be <= above ({self.above})")
+        if self.below is not None:
+            if self.clear_above is None:
+                raise ValueError("'below' needs 'clear_above' (the level at which the episode ends)")
+            if self.clear_above < self.below:
+                raise ValueError(f"clear_above ({self.clear_above}) must be >= below ({self.below})")
+        return self
+
+
+class RateRule(_Model):
+    """Raise when the value changes faster than `max_per_s` between consecutive readings."""
+
+    max_per_s: float = Field(gt=0, title="Max rate", description="Largest normal |change| per second.")
+    quiet_s: float = Field(
+        60, ge=0, title="Quiet period", description="Episode ends after this long without a fast change."
+    )
+    severity: Severity = Field(Severity.MEDIUM, title="Severity", description="Severity of the candidate.")
+
+
+class SilenceRule(_Model):
+    """Raise when a sensor has not reported for `periods` x its expected period."""
+
+    periods: float = Field(3, ge=1, title="Periods", description="Missed periods before it counts as silent.")
+    severity: Severity = Field(Severity.LOW, title="Severity", description="Severity of the candidate.")
+
+
+class RulesConfig(_Model):
+    threshold: ThresholdRule | None = Field(
+        None, title="Threshold", description="Level rule with hysteresis."
+    )
+    rate: RateRule | None = Field(None, title="Rate of change", description="Jump rule.")
+    silence: SilenceRule | None = Field(
+        SilenceRule(), title="Silence", description="Silent-sensor rule; null disables it."
+    )
+
+
+class SensorTypeConfig(_Model):
+    unit: str = Field(
+        title="Unit", description="Unit every sensor of this type reports in, e.g. 'm', 'dB(A)'."
+    )
+    category: Category = Field(title="Category", description="Incident category its anomalies raise.")
+    name_zh: str | None = Field(None, title="Chinese name", description="Shown on screens.")
+    valid_min: float | None = Field(
+        None, title="Physical minimum", description="Values below are dead-lettered."
+    )
+    valid_max: float | None = Field(
+        None, title="Physical maximum", description="Values above are dead-lettered."
+    )
+    rules: RulesConfig = Field(default_factory=RulesConfig, title="Rules", description="Rules for this type.")
+
+
+class SensorLocation(_Model):
+    lon: float = Field(ge=-180, le=180, title="Longitude", description="WGS84 degrees.")
+    lat: float = Field(ge=-90, le=90, title="Latitude", description="WGS84 degrees.")
+
+
+class SensorConfig(_Model):
+    id: str = Field(pattern=SENSOR_ID_PATTERN, title="Id", description="Sensor id, as in its MQTT topic.")
+    type: str = Field(title="Type", description="A key of `sensor_types`.")
+    unit: str | None = Field(None, title="Unit", description="Must equal the type's unit if given.")
+    period_s: float = Field(gt=0, title="Reporting period", description="Expected seconds between readings.")
+    location: SensorLocation = Field(title="Location", description="Where it is mounted.")
+    grid: str | None = Field(
+        None,
+        title="Grid override",
+        description="Grid id; default: looked up from the location on the city map.",
+    )
+    name: str | None = Field(None, title="Name", description="Human-readable name.")
+    rules: RulesConfig | None = Field(None, title="Rules override", description="Replaces the type's rules.")
+
+
+class SiteConfig(_Model):
+    name: str = Field("gridwatch", title="Name", description="Name of the command centre.")
+    timezone: str = Field("Asia/Shanghai", title="Time zone", description="Centre's time zone (IANA name).")
+
+
+class CityConfig(_Model):
+    geojson: Path = Field(
+        title="City map", description="GeoJSON file of the district/town/community/grid ladder."
+    )
+
+
+class GridwatchConfig(_Model):
+    """Root of gridwatch.yaml."""
+
+    version: Literal[1] = Field(title="Config version", description="Always 1.")
+    site: SiteConfig = Field(default_factory=SiteConfig, title="Site", description="The command centre.")
+    city: CityConfig = Field(title="City", description="The city model.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, title="MQTT", description="Sensor broker.")
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, title="Kafka", description="Event broker.")
+    influx: InfluxConfig = Field(default_factory=InfluxConfig, title="InfluxDB", description="Time series.")
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig, title="Bridge", description="MQTT -> Kafka.")
+    streams: StreamsConfig = Field(
+        default_factory=StreamsConfig, title="Streams", description="Faust workers."
+    )
+    sensor_types: dict[str, SensorTypeConfig] = Field(
+        default_factory=dict, title="Sensor types", description="Keyed by type name."
+    )
+    sensors: list[SensorConfig] = Field(default_factory=list, title="Sensors", description="The registry.")
+    sensor_files: list[Path] = Field(
+        default_factory=list,
+        title="Sensor files",
+        description="More YAML files, each a list of sensors in the same form as `sensors`.",
+    )
+
+    @field_validator("sensor_types")
+    @classmethod
+    def _type_names(cls, v: dict[str, SensorTypeConfig]) -> dict[str, SensorTypeConfig]:
+        for name in v:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"sensor type name {name!r} must be letters, digits and underscores")
+        return v
+
+    @model_validator(mode="after")
+    def _sensors_consistent(self) -> GridwatchConfig:
+        _check_sensors(self.sensors, self.sensor_types, prefix="sensors")
+        return self
+
+    def sensor_type(self, sensor: SensorConfig) -> SensorTypeConfig:
+        return self.sensor_types[sensor.type]
+
+    def rules_for(self, sensor: SensorConfig) -> RulesConfig:
+        return sensor.rules or self.sensor_types[sensor.type].rules
+
+
+def _check_sensors(sensors: list[SensorConfig], types: dict[str, SensorTypeConfig], *, prefix: str) -> None:
+    seen: set[str] = set()
+    for i, s in enumerate(sensors):
+        where = f"{prefix}[{i}] (id {s.id!r})"
+        if s.type not in types:
+            known = ", ".join(sorted(types)) or "none defined"
+            raise ValueError(f"{where}.type: unknown sensor type {s.type!r} (known: {known})")
+        if s.unit is not None and s.unit != types[s.type].unit:
+            raise ValueError(
+                f"{where}.unit: {s.unit!r} differs from type {s.type!r}'s unit {types[s.type].unit!r}"
+            )
+        if s.id in seen:
+            raise ValueError(f"{where}.id: duplicate sensor id {s.id!r}")
+        seen.add(s.id)
+
+
+# --- loading ---------------------------------------------------------------------------------
+def _format_validation_error(file: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here; check the spelling)"
+        lines.append(f"{file}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _read_yaml(file: Path) -> Any:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{file}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> GridwatchConfig:
+    """Load and validate a gridwatch YAML file (and the sensor files it names).
+
+    `overrides` is a nested dict merged over the file before validation (the demo uses it
+    to point at the ports of the servers it started).
+    """
+    file = Path(path).resolve()
+    data = _read_yaml(file)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: (top level): expected a mapping of keys, got {type(data).__name__}")
+    if overrides:
+        data = _deep_merge(data, overrides)
+    base = file.parent
+    _resolve_paths(data, base)
+    try:
+        cfg = GridwatchConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(file, e)) from None
+    extra: list[SensorConfig] = []
+    for sf in cfg.sensor_files:
+        items = _read_yaml(sf)
+        if not isinstance(items, list):
+            raise ConfigError(f"{sf}: (top level): expected a list of sensors, got {type(items).__name__}")
+        for i, item in enumerate(items):
+            try:
+                extra.append(SensorConfig.model_validate(item))
+            except ValidationError as e:
+                raise ConfigError(
+                    _format_validation_error(sf, e).replace(f"{sf}: ", f"{sf}: [{i}].")
+                ) from None
+    if extra:
+        try:
+            _check_sensors(cfg.sensors + extra, cfg.sensor_types, prefix="sensors+sensor_files")
+        except ValueError as e:
+            raise ConfigError(f"{file}: {e}") from None
+        cfg = cfg.model_copy(update={"sensors": cfg.sensors + extra})
+    return cfg
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    city = data.get("city")
+    if isinstance(city, dict) and isinstance(city.get("geojson"), str):
+        city["geojson"] = str(_resolve(city["geojson"], base))
+    if isinstance(data.get("sensor_files"), list):
+        data["sensor_files"] = [
+            str(_resolve(p, base)) if isinstance(p, str) else p for p in data["sensor_files"]
+        ]
+    for section, key in (("influx", "spill_dir"), ("streams", "data_dir")):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            sec[key] = str(_resolve(sec[key], base))
+
+
+def _resolve(p: str, base: Path) -> Path:
+    if p.startswith("package:"):
+        # Files shipped inside the gridwatch package (the demo city and its sensors).
+        return Path(__file__).parent / "data" / p.removeprefix("package:")
+    q = Path(os.path.expanduser(p))
+    return q if q.is_absolute() else (base / q)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def demo_config_path() -> Path:
+    """The embedded demo configuration shipped with the package."""
+    return Path(__file__).parent / "data" / "demo" / "gridwatch.yaml"

@@ -1,0 +1,1 @@
+"""Embedded servers for the demo and the tests (dev profile)."""

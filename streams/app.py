@@ -1,0 +1,217 @@
+"""The Faust stream workers for sensor readings. Thin agents; the logic is in streams/sensor_state.py.
+
+    gridwatch streams worker --config gridwatch.yaml
+
+One agent consumes the readings topic (packed batches and ticks). Per record it updates the
+partition's `PartitionState`, stores that state in the `sensor-state` table (its changelog
+is what a restarted or replacement worker restores from), writes readings, window aggregates
+and rule firings to InfluxDB, and sends incident candidates to Kafka.
+
+A timer sends a tick per owned partition every `streams.tick_s` into the readings topic so
+time-driven work (window closes, silent sensors) happens in order with the data and may
+change the table (Faust refuses table writes outside stream processing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from typing import Any
+
+import faust
+
+from gridwatch.clock import SYSTEM_CLOCK, Clock
+from gridwatch.codec import DecodeError, decode_readings_record, encode_event, encode_tick
+from gridwatch.config import GridwatchConfig
+from gridwatch.influx import InfluxSink, health_lines
+from gridwatch.registry import SensorInfo
+from gridwatch.schemas import DeadLetter, DeadLetterReason, StreamTick
+from gridwatch.streams.sensor_state import PartitionState
+from gridwatch.topics import DEAD_LETTERS, INCIDENT_CANDIDATES, SENSOR_READINGS, sensor_partition
+
+log = logging.getLogger(__name__)
+
+
+class LatencyWindow:
+    """Publish -> stored latencies of the current health interval (for p50/p99)."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+
+    def add_batch(self, stamps: list[int], ack_ms: int) -> None:
+        self.samples.extend(ack_ms - ts for ts in stamps)
+
+    def take(self) -> dict[str, Any]:
+        s, self.samples = sorted(self.samples), []
+        if not s:
+            return {}
+        return {
+            "latency_count": len(s),
+            "latency_p50_ms": s[len(s) // 2],
+            "latency_p99_ms": s[min(len(s) - 1, int(len(s) * 0.99))],
+            "latency_max_ms": s[-1],
+        }
+
+
+def create_app(
+    cfg: GridwatchConfig, registry: dict[str, SensorInfo], *, clock: Clock = SYSTEM_CLOCK
+) -> faust.App:
+    k = cfg.kafka
+    partitions = k.readings_partitions
+    app = faust.App(
+        cfg.streams.app_id,
+        broker=";".join(f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(",")),
+        store="memory://",
+        datadir=str(cfg.streams.data_dir) if cfg.streams.data_dir else None,
+        topic_partitions=partitions,
+        topic_replication_factor=k.replication_factor,
+        broker_session_timeout=k.effective_session_timeout_ms() / 1000,
+        broker_heartbeat_interval=max(0.5, k.effective_session_timeout_ms() / 6000),
+        broker_rebalance_timeout=max(10.0, k.effective_session_timeout_ms() / 1000 * 2),
+        producer_max_batch_size=k.effective_max_batch_size(),
+        producer_linger=k.effective_linger_ms() / 1000,
+        producer_max_request_size=8 << 20,
+        consumer_max_fetch_size=8 << 20,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=cfg.streams.web_port is not None,
+        web_port=cfg.streams.web_port or 6066,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+    )
+    readings_topic = app.topic(
+        SENSOR_READINGS.name,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=partitions,
+    )
+    candidates_topic = app.topic(INCIDENT_CANDIDATES.name, value_serializer="raw", key_serializer="raw")
+    dead_letter_topic = app.topic(DEAD_LETTERS.name, value_serializer="raw", key_serializer="raw")
+    state_table = app.Table(
+        "sensor-state", default=None, partitions=partitions, key_serializer="raw", value_serializer="raw"
+    )
+
+    sensors_by_partition: dict[int, list[str]] = {}
+    for sid in registry:
+        sensors_by_partition.setdefault(sensor_partition(sid, partitions), []).append(sid)
+
+    instance = f"{socket.gethostname()}:{cfg.streams.app_id}"
+    states: dict[int, PartitionState] = {}
+    stats: Counter[str] = Counter()
+    latency = LatencyWindow()
+    offsets: dict[int, int] = {}
+    sink_holder: dict[str, InfluxSink] = {}
+
+    async def sink() -> InfluxSink:
+        if "s" not in sink_holder:
+            s = InfluxSink(cfg.influx, clock=clock, name="streams-influx")
+            await s.start()
+            sink_holder["s"] = s
+        return sink_holder["s"]
+
+    def partition_state(p: int) -> PartitionState:
+        ps = states.get(p)
+        if ps is None:
+            ps = PartitionState(registry, cfg.streams.window_s, cfg.streams.window_grace_s)
+            ps.load_bytes(state_table.get(f"p{p}".encode()))  # restored from the changelog on recovery
+            states[p] = ps
+        return ps
+
+    @app.agent(readings_topic)
+    async def process_readings(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            p = msg.partition
+            offsets[p] = msg.offset
+            try:
+                record = decode_readings_record(event.value)
+            except DecodeError as e:
+                dl = DeadLetter.of(
+                    source=f"kafka:{msg.topic}",
+                    origin=f"{msg.topic}/{p}/{msg.offset}",
+                    reason_code=DeadLetterReason.UNDECODABLE_RECORD,
+                    reason=str(e),
+                    raw=event.value or b"",
+                    received=clock.now_ms(),
+                )
+                await dead_letter_topic.send(value=encode_event(dl))
+                stats["dead_letters"] += 1
+                continue
+            ps = partition_state(p)
+            now = clock.now_ms()
+            if isinstance(record, StreamTick):
+                ps.watch(sensors_by_partition.get(p, []), record.now)
+                result = ps.tick(record.now)
+                stamps: list[int] = []
+            else:
+                result = ps.apply_batch(record, now)
+                stamps = [r.ts for r in record]
+                stats["readings"] += len(record)
+                stats["batches"] += 1
+            state_table[f"p{p}".encode()] = ps.to_bytes()  # one changelog record per batch
+            stats["duplicates"] += result.duplicates
+            stats["late"] += result.late
+            stats["unknown_sensor"] += result.unknown
+            stats["firings"] += result.firings
+            s = await sink()
+            if result.lines:
+                s.write(
+                    result.lines,
+                    on_written=(lambda ack, st=stamps: latency.add_batch(st, ack)) if stamps else None,
+                )
+            for cand in result.candidates:
+                await candidates_topic.send(key=cand.source_id.encode(), value=encode_event(cand))
+                stats["candidates"] += 1
+
+    @app.timer(cfg.streams.tick_s)
+    async def send_ticks() -> None:
+        now = clock.now_ms()
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == SENSOR_READINGS.name:
+                await readings_topic.send(value=encode_tick(now), partition=tp.partition)
+
+    @app.timer(cfg.bridge.health_interval_s)
+    async def write_health() -> None:
+        s = await sink()
+        now = clock.now_ms()
+        fields: dict[str, Any] = {k: int(v) for k, v in stats.items()}
+        lag = 0
+        for tp in app.assignor.assigned_actives():
+            if tp.topic != SENSOR_READINGS.name:
+                continue
+            hw = app.consumer.highwater(tp)
+            if hw is not None and tp.partition in offsets:
+                lag += max(0, hw - offsets[tp.partition] - 1)
+        fields["consumer_lag"] = lag
+        fields.update(latency.take())
+        fields.update({f"influx_{k}": v for k, v in s.stats.items()})
+        fields["influx_buffered_lines"] = s.buffered_lines
+        fields["influx_spilled_bytes"] = s.spilled_bytes
+        s.write(health_lines("streams", instance, fields, now))
+        log.info("streams: %s", {k: fields[k] for k in sorted(fields) if not k.startswith("influx_")})
+
+    @app.on_partitions_revoked.connect
+    async def _forget_states(app_: faust.App, revoked: Any = None, **kwargs: Any) -> None:
+        # After a rebalance the table is the truth: reload states from it on next use.
+        states.clear()
+
+    @app.on_before_shutdown.connect
+    async def _close_sink(app_: faust.App, **kwargs: Any) -> None:
+        if "s" in sink_holder:
+            await sink_holder["s"].close()
+
+    app.gridwatch_stats = stats  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(cfg: GridwatchConfig, registry: dict[str, SensorInfo], loglevel: str = "info") -> None:
+    """Run a worker in this process until SIGTERM / Ctrl-C."""
+    from faust.worker import Worker
+
+    app = create_app(cfg, registry)
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -90,9 +90,8 @@ def create_app(
     )
     candidates_topic = app.topic(INCIDENT_CANDIDATES.name, value_serializer="raw", key_serializer="raw")
     dead_letter_topic = app.topic(DEAD_LETTERS.name, value_serializer="raw", key_serializer="raw")
-    state_table = app.Table(
-        "sensor-state", default=None, partitions=partitions, key_serializer="raw", value_serializer="raw"
-    )
+    raw_schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    state_table = app.Table("sensor-state", default=None, partitions=partitions, schema=raw_schema)
 
     sensors_by_partition: dict[int, list[str]] = {}
     for sid in registry:

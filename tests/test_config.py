@@ -17,7 +17,9 @@ BASE = {
             "rules": {"threshold": {"above": 2.5, "clear_below": 2.2}},
         }
     },
-    "sensors": [{"id": "wl-1", "type": "water_level", "period_s": 60, "location": {"lon": 104.06, "lat": 30.66}}],
+    "sensors": [
+        {"id": "wl-1", "type": "water_level", "period_s": 60, "location": {"lon": 104.06, "lat": 30.66}}
+    ],
 }
 
 
@@ -43,15 +45,34 @@ def test_minimal_config_defaults(tmp_path):
         ({"mqtt": {"prot": 1}}, "mqtt.prot: unknown key"),
         ({"mqtt": {"port": 70000}}, "mqtt.port: Input should be less than or equal to 65535"),
         ({"version": 2}, "version: Input should be 1"),
-        ({"sensors": [{"id": "x", "type": "nope", "period_s": 1, "location": {"lon": 1, "lat": 1}}]},
-         "sensors[0] (id 'x').type: unknown sensor type 'nope'"),
-        ({"sensors": [{"id": "bad id", "type": "water_level", "period_s": 1, "location": {"lon": 1, "lat": 1}}]},
-         "sensors.0.id: String should match pattern"),
-        ({"sensor_types": {"water_level": {"unit": "m", "category": "water_level",
-                                            "rules": {"threshold": {"above": 2.5, "clear_below": 3}}}}},
-         "clear_below (3.0) must be <= above (2.5)"),
-        ({"sensor_types": {"water_level": {"unit": "m", "category": "flood"}}},
-         "sensor_types.water_level.category: Input should be"),
+        (
+            {"sensors": [{"id": "x", "type": "nope", "period_s": 1, "location": {"lon": 1, "lat": 1}}]},
+            "sensors[0] (id 'x').type: unknown sensor type 'nope'",
+        ),
+        (
+            {
+                "sensors": [
+                    {"id": "bad id", "type": "water_level", "period_s": 1, "location": {"lon": 1, "lat": 1}}
+                ]
+            },
+            "sensors.0.id: String should match pattern",
+        ),
+        (
+            {
+                "sensor_types": {
+                    "water_level": {
+                        "unit": "m",
+                        "category": "water_level",
+                        "rules": {"threshold": {"above": 2.5, "clear_below": 3}},
+                    }
+                }
+            },
+            "clear_below (3.0) must be <= above (2.5)",
+        ),
+        (
+            {"sensor_types": {"water_level": {"unit": "m", "category": "flood"}}},
+            "sensor_types.water_level.category: Input should be",
+        ),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path, patch, expected):
@@ -74,7 +95,9 @@ def test_duplicate_sensor_across_files(tmp_path):
 
 
 def test_bad_sensor_file_entry_names_that_file(tmp_path):
-    (tmp_path / "more.yaml").write_text("- {id: wl-2, type: water_level, period_s: -1, location: {lon: 1, lat: 1}}\n")
+    (tmp_path / "more.yaml").write_text(
+        "- {id: wl-2, type: water_level, period_s: -1, location: {lon: 1, lat: 1}}\n"
+    )
     path = write_config(tmp_path, {**BASE, "sensor_files": ["more.yaml"]})
     with pytest.raises(ConfigError) as e:
         load_config(path)

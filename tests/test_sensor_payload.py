@@ -38,7 +38,12 @@ def test_valid_reading():
         (TOPIC, b'{"v":2,"ts":%d,"value":1}' % NOW, R.SCHEMA, "v: Input should be 1"),
         (TOPIC, b'{"v":1,"ts":1.5,"value":1}', R.SCHEMA, "ts: Input should be a valid integer"),
         (TOPIC, b'{"v":1,"value":1}', R.SCHEMA, "ts: Field required"),
-        (TOPIC, b'{"v":1,"ts":%d,"value":1,"extra":1}' % NOW, R.SCHEMA, "extra: Extra inputs are not permitted"),
+        (
+            TOPIC,
+            b'{"v":1,"ts":%d,"value":1,"extra":1}' % NOW,
+            R.SCHEMA,
+            "extra: Extra inputs are not permitted",
+        ),
         (TOPIC, b'{"v":1,"ts":%d,"value":1}' % (NOW + 3_600_000), R.CLOCK_SKEW, "in the future"),
         (TOPIC, b'{"v":1,"ts":%d,"value":1}' % (NOW - 30 * 86_400_000), R.CLOCK_SKEW, "s old"),
         (TOPIC, b'{"v":1,"ts":%d,"value":99}' % NOW, R.SCHEMA, "above the physical maximum 50"),

@@ -18,7 +18,10 @@ def state() -> PartitionState:
 
 
 def feed(ps, sensor, values, t0=T0, step_s=60):
-    readings = [Reading(sensor.id, t0 + i * step_s * 1000, v, t0 + i * step_s * 1000 + 5) for i, v in enumerate(values)]
+    readings = [
+        Reading(sensor.id, t0 + i * step_s * 1000, v, t0 + i * step_s * 1000 + 5)
+        for i, v in enumerate(values)
+    ]
     return ps.apply_batch(readings, raised_at=t0), readings
 
 

@@ -568,12 +568,12 @@ int main(int argc, char **argv)
 		"\"elapsed_s\":%.3f,\"achieved_rate\":%.1f,\"max_behind\":%lld,\"cpu_s\":%.3f,"
 		"\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f,\"due\":%lld,\"failed\":%lld,\"unacked\":%lld,"
 		"\"ack_wait_s\":%.3f,\"disconnects\":%d,\"publish_errors\":%lld,\"interrupted\":%s,"
-		"\"protocol\":\"%s\",\"qos\":%d,\"window\":%lld,\"sensors\":%ld}\n",
+		"\"protocol\":\"%s\",\"qos\":%d,\"window\":%lld,\"sensors\":%ld,\"max_rss_kb\":%ld}\n",
 		o.rate, sent, acked, invalid_sent,
 		elapsed, elapsed > 0 ? (double)sent / elapsed : 0.0, max_behind, cpu_user + cpu_sys,
 		cpu_user, cpu_sys, total, failed, sent - acked - failed,
 		ack_wait, atomic_load(&sh.disconnects), publish_errors, stop_signals ? "true" : "false",
-		o.protocol == MQTT_PROTOCOL_V5 ? "5" : "3.1.1", o.qos, window, o.sensors);
+		o.protocol == MQTT_PROTOCOL_V5 ? "5" : "3.1.1", o.qos, window, o.sensors, ru.ru_maxrss);
 	fflush(stdout);
 
 	for(long i = 0; i < o.sensors; i++) free(topics[i]);

@@ -69,7 +69,7 @@ class SensorReadingBatch(_Schema):
     Packing matters for throughput: one reading per record costs the broker ~57% of a core
     at 5k readings/s; 100-1,000 readings per record keep it at 2-3% (measured on Tansu).
     On the wire `readings` is a list of `[sensor_id, ts, value, received]` arrays to keep
-    records small; `SensorReadingBatch.encode/decode` are the only code that knows that.
+    records small; `gridwatch.codec` is the only code that knows that.
     """
 
     schema_name: ClassVar[str] = "sensor_reading_batch"

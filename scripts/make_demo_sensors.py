@@ -39,7 +39,8 @@ def main() -> None:
                 {
                     "id": f"{t.replace('_', '')}-{n:04d}",
                     "type": t,
-                    "period_s": PERIOD_S[t],
+                    # every 100th sensor reports every 5 s: the demo shows the silence rule on one of them
+                    "period_s": 5 if n % 100 == 0 else PERIOD_S[t],
                     "location": {"lon": round(p.x, 6), "lat": round(p.y, 6)},
                     "name": f"{grid.name_zh} {t}",
                 }

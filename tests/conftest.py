@@ -221,7 +221,7 @@ def influx2() -> Influx2Settings:
         if not os.environ.get(f"GRIDWATCH_TEST_INFLUX2_{k}")
     ]
     if missing:
-        pytest.fail(f"GRIDWATCH_TEST_INFLUX2_URL is set but {', '.join(missing)} is not")
+        pytest.fail(f"GRIDWATCH_TEST_INFLUX2_URL is set but these are not: {', '.join(missing)}")
     return Influx2Settings(
         url=url,
         token=os.environ["GRIDWATCH_TEST_INFLUX2_TOKEN"],

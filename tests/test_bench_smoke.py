@@ -1,0 +1,57 @@
+"""Benchmarks run in CI only as short smoke runs that prove they work (figures: docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.servers
+def test_bench_sensors_smoke(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gridwatch.cli",
+            "bench",
+            "sensors",
+            "--rates",
+            "1500",
+            "--duration",
+            "3",
+            "--sensors",
+            "100",
+            "--workdir",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=True,
+    ).stdout
+    r = _last_json(out)
+    assert r["bench"] == "sensors"
+    row = r["end_to_end"][0]
+    assert row["complete"] and row["stored"] == row["sent"] > 0
+    assert row["latency_p99_ms"] is not None and row["latency_p99_ms"] >= row["latency_p50_ms"]
+    assert r["streams_stage"]["ratio"] > 0 and r["bridge_stage"]["ratio"] > 0
+    assert r["streams_stage"]["readings"] == row["sent"]
+
+
+def test_bench_city_smoke():
+    out = subprocess.run(
+        [sys.executable, "-m", "gridwatch.cli", "bench", "city", "--lookups", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    r = _last_json(out)
+    assert r["grids"] == 279 and r["gridwatch_us_per_lookup"] > 0 and r["raw_us_per_lookup"] > 0

@@ -50,20 +50,31 @@ def _field(v: Any) -> str:
     return f'"{s}"'
 
 
+def series_key(measurement: str, tags: dict[str, str]) -> str:
+    """`measurement,tag=value,...` (tags sorted, escaped; empty values left out)."""
+    tag_part = "".join(f",{k}={escape_tag(v)}" for k, v in sorted(tags.items()) if v)
+    return f"{measurement.translate(_MEAS_ESCAPE)}{tag_part}"
+
+
 def line(measurement: str, tags: dict[str, str], fields: dict[str, Any], ts_ms: int) -> str:
     """One line of line protocol with a millisecond timestamp. Empty tag values are left out."""
-    tag_part = "".join(f",{k}={escape_tag(v)}" for k, v in sorted(tags.items()) if v)
     field_part = ",".join(f"{k}={_field(v)}" for k, v in fields.items() if v is not None)
-    return f"{measurement.translate(_MEAS_ESCAPE)}{tag_part} {field_part} {ts_ms}"
+    return f"{series_key(measurement, tags)} {field_part} {ts_ms}"
 
 
 # --- the sink --------------------------------------------------------------------------------
 class _Chunk:
-    __slots__ = ("lines", "on_written")
+    __slots__ = ("lines", "on_written", "on_durable")
 
-    def __init__(self, lines: list[str], on_written: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        lines: list[str],
+        on_written: Callable[[int], None] | None,
+        on_durable: Callable[[], object] | None = None,
+    ) -> None:
         self.lines = lines
         self.on_written = on_written
+        self.on_durable = on_durable
 
 
 class InfluxSink:
@@ -113,11 +124,24 @@ class InfluxSink:
         """False while the last write attempt failed (InfluxDB unreachable or erroring)."""
         return self._healthy
 
-    def write(self, lines: list[str], on_written: Callable[[int], None] | None = None) -> None:
-        """Queue lines. `on_written(ack_ms)` is called once they are stored (for latency figures)."""
+    def write(
+        self,
+        lines: list[str],
+        on_written: Callable[[int], None] | None = None,
+        on_durable: Callable[[], object] | None = None,
+    ) -> None:
+        """Queue lines. `on_written(ack_ms)` is called once they are stored (for latency figures).
+
+        `on_durable()` is called once the sink no longer holds them only in memory: stored,
+        spilled to disk, refused by InfluxDB (counted) or dropped (counted). A caller that
+        commits a source position (a Kafka offset) must wait for it: a crash loses the memory
+        buffer, and a committed position is never read again.
+        """
         if not lines:
+            if on_durable is not None:
+                _fire([on_durable])
             return
-        self._queue.append(_Chunk(lines, on_written))
+        self._queue.append(_Chunk(lines, on_written, on_durable))
         self._queued_lines += len(lines)
         if self._queued_lines > self.cfg.max_buffer_lines:
             self._shed()
@@ -171,8 +195,10 @@ class InfluxSink:
         while self._queued_lines > self.cfg.max_buffer_lines and len(self._queue) > 1:
             self._spill_or_drop(self._queue.popleft())
 
-    def _spill_or_drop(self, chunk: _Chunk) -> None:
-        self._queued_lines -= len(chunk.lines)
+    def _spill_or_drop(self, chunk: _Chunk, *, queued: bool = True) -> None:
+        """`queued`: the chunk's lines are still counted in `_queued_lines` (not for a taken batch)."""
+        if queued:
+            self._queued_lines -= len(chunk.lines)
         data = ("\n".join(chunk.lines) + "\n").encode()
         if self.cfg.spill_dir is not None and self._spill_bytes + len(data) <= self.cfg.max_spill_bytes:
             path = self.cfg.spill_dir / f"spill-{self._spill_seq:09d}.lp"
@@ -187,10 +213,14 @@ class InfluxSink:
         else:
             self.stats["dropped_lines"] += len(chunk.lines)
             log.error("%s: buffer and spill full: dropped %d lines (counted)", self.name, len(chunk.lines))
+        if chunk.on_durable is not None:
+            on_durable, chunk.on_durable = chunk.on_durable, None
+            _fire([on_durable])
 
-    def _take_batch(self) -> tuple[list[str], list[Callable[[int], None]]]:
+    def _take_batch(self) -> tuple[list[str], list[Callable[[int], None]], list[Callable[[], object]]]:
         lines: list[str] = []
         callbacks = []
+        durable: list[Callable[[], object]] = []
         while self._queue and len(lines) < self.cfg.batch_max_lines:
             chunk = self._queue[0]
             room = self.cfg.batch_max_lines - len(lines)
@@ -199,11 +229,13 @@ class InfluxSink:
                 lines.extend(chunk.lines)
                 if chunk.on_written:
                     callbacks.append(chunk.on_written)
-            else:  # split a big chunk; its callback fires with its last part
+                if chunk.on_durable:
+                    durable.append(chunk.on_durable)
+            else:  # split a big chunk; its callbacks fire with its last part
                 lines.extend(chunk.lines[:room])
                 chunk.lines = chunk.lines[room:]
         self._queued_lines -= len(lines)
-        return lines, callbacks
+        return lines, callbacks, durable
 
     async def _run(self) -> None:
         while True:
@@ -221,14 +253,16 @@ class InfluxSink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.cfg.flush_interval_ms / 1000)
             if self._queue:
-                lines, callbacks = self._take_batch()
+                lines, callbacks, durable = self._take_batch()
                 if not await self._send_with_retry("\n".join(lines), len(lines)):
                     # closing while InfluxDB is down: keep the batch on disk rather than lose it
-                    self._spill_or_drop(_Chunk(lines, None))
+                    self._spill_or_drop(_Chunk(lines, None), queued=False)
+                    _fire(durable)
                     return
                 ack = self.clock.now_ms()
                 for cb in callbacks:
                     cb(ack)
+                _fire(durable)
             elif self._spill_bytes and not await self._replay_one_spill_file():
                 return
 
@@ -300,6 +334,15 @@ class InfluxSink:
             delay = min(delay * 2, self.cfg.retry_max_s)
             if self._queued_lines > self.cfg.max_buffer_lines:
                 self._shed()
+
+
+def _fire(callbacks: list[Callable[[], object]]) -> None:
+    """Run `on_durable` callbacks; one that raises must not stop the writer."""
+    for cb in callbacks:
+        try:
+            cb()
+        except Exception:
+            log.exception("influx: on_durable callback failed")
 
 
 def health_lines(component: str, instance: str, stats: dict[str, Any], ts_ms: int) -> list[str]:

@@ -67,8 +67,10 @@ class LocalPipeline:
         return [sys.executable, "-m", "gridwatch.cli", *args, "--config", str(self.config_path)]
 
     def start_bridge(self, timeout: float = 60) -> None:
-        self.bridge.start(self._cli("bridge"), log_path=self.workdir / "bridge.log")
-        self.bridge.wait_ready(lambda: "connected to MQTT" in _read(self.workdir / "bridge.log"), timeout)
+        log = self.workdir / "bridge.log"
+        marker = _count(log, "connected to MQTT")  # a restart appends to the same log
+        self.bridge.start(self._cli("bridge"), log_path=log)
+        self.bridge.wait_ready(lambda: _count(log, "connected to MQTT") > marker, timeout)
 
     def start_streams(self, timeout: float = 90) -> None:
         log = self.workdir / "streams.log"

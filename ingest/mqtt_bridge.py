@@ -44,6 +44,13 @@ from gridwatch.topics import DEAD_LETTERS, SENSOR_READINGS, sensor_partition, se
 
 log = logging.getLogger(__name__)
 
+#: Most raw bytes a dead letter carries. Only an oversize payload can be longer (everything else is
+#: at most bridge.max_payload_bytes); its first bytes are kept and the reason says so. Without a
+#: bound, a payload of ~6 MiB made a dead-letter record the producer refuses (max_request_size
+#: 8 MiB; a stock Kafka broker refuses ~1 MB): the send was retried forever and the message never
+#: acknowledged, so the broker redelivered the poison message on every reconnect.
+DEAD_LETTER_MAX_RAW_BYTES = 256 * 1024
+
 
 @dataclass
 class _OpenBatch:
@@ -72,6 +79,8 @@ class SensorBridge:
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # One dead letter at a time enters the producer's accumulator (see _dead_letter).
+        self._dead_letter_lock = asyncio.Lock()
         self.instance = f"{socket.gethostname()}:{cfg.mqtt.client_id}"
         self.stats: Counter[str] = Counter()
         self.dead_letter_reasons: Counter[str] = Counter()
@@ -241,13 +250,26 @@ class SensorBridge:
 
     async def _dead_letter(self, topic: str | bytes, payload: bytes, r: Rejected, now: int) -> None:
         origin = topic if isinstance(topic, str) else topic.decode("utf-8", "replace")
+        reason, raw = r.reason, payload
+        if len(raw) > DEAD_LETTER_MAX_RAW_BYTES:
+            raw = raw[:DEAD_LETTER_MAX_RAW_BYTES]
+            reason += f" (raw bytes truncated to the first {DEAD_LETTER_MAX_RAW_BYTES})"
         dl = DeadLetter.of(
-            source="mqtt", origin=origin[:512], reason_code=r.code, reason=r.reason, raw=payload, received=now
+            source="mqtt", origin=origin[:512], reason_code=r.code, reason=reason, raw=raw, received=now
         )
+        record = encode_event(dl)
         delay = 0.2
         while True:
             try:
-                await self._producer.send_and_wait(DEAD_LETTERS.name, encode_event(dl))
+                # Appending is serialised: aiokafka wakes *every* sender waiting on a full batch
+                # of a partition whenever it drains, and only one of them gets in. With one record
+                # per request (dev profile) and the single dead-letter partition, a burst of N bad
+                # messages cost O(N^2) wake-ups, pinned the bridge at 100% CPU and made waiters
+                # time out (KafkaTimeoutError) and retry (tests/test_fuzz_bridge.py). Behind the
+                # lock one coroutine waits at a time; delivery is still awaited concurrently.
+                async with self._dead_letter_lock:
+                    delivered = await self._producer.send(DEAD_LETTERS.name, record)
+                await delivered
                 break
             except Exception as e:
                 self.stats["kafka_send_errors"] += 1

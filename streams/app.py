@@ -132,7 +132,13 @@ def create_app(
 
     @app.agent(readings_topic)
     async def process_readings(stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # Acks are manual: a record is acked (so its offset may be committed) only once the
+        # InfluxSink has stored or spilled its lines. Faust commits every few seconds and the
+        # sink holds lines in memory while InfluxDB is slow or away: with automatic acks a crash
+        # lost every line of records whose offsets were already committed (a restart never
+        # reads them again). The changelog and candidates go through Faust's producer, which
+        # Faust flushes before each commit.
+        async for event in stream.noack().events():
             msg = event.message
             p = msg.partition
             offsets[p] = msg.offset
@@ -149,6 +155,7 @@ def create_app(
                 )
                 await dead_letter_topic.send(value=encode_event(dl))
                 stats["dead_letters"] += 1
+                event.ack()
                 continue
             ps = partition_state(p)
             now = clock.now_ms()
@@ -166,15 +173,16 @@ def create_app(
             stats["late"] += result.late
             stats["unknown_sensor"] += result.unknown
             stats["firings"] += result.firings
-            s = await sink()
-            if result.lines:
-                s.write(
-                    result.lines,
-                    on_written=(lambda ack, st=stamps: latency.add_batch(st, ack)) if stamps else None,
-                )
             for cand in result.candidates:
                 await candidates_topic.send(key=cand.source_id.encode(), value=encode_event(cand))
                 stats["candidates"] += 1
+            s = await sink()
+            # last, so the ack cannot come before the candidates are in the producer
+            s.write(
+                result.lines,
+                on_written=(lambda ack, st=stamps: latency.add_batch(st, ack)) if stamps else None,
+                on_durable=event.ack,
+            )
 
     @app.timer(cfg.streams.tick_s)
     async def send_ticks() -> None:

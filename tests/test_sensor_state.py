@@ -8,8 +8,10 @@ from tests.helpers import demo_config, demo_registry
 
 CFG = demo_config()
 REG = demo_registry(CFG)
-WL = next(s for s in REG.values() if s.type == "water_level")  # above 2.5, clear below 2.2, rate 0.01/s
-MH = next(s for s in REG.values() if s.type == "manhole_tilt")
+WL = next(
+    s for s in REG.values() if s.type == "water_level" and s.period_s == 60
+)  # above 2.5, clear below 2.2, rate 0.01/s
+MH = next(s for s in REG.values() if s.type == "manhole_tilt" and s.period_s == 60)
 T0 = 1_764_000_000_000 - 1_764_000_000_000 % 600_000  # a window boundary
 
 
@@ -87,7 +89,8 @@ def test_silence_raises_once_and_clears_on_next_reading():
     assert len(c) == 1 and c[0].category == "sensor_offline" and c[0].observed_at == T0 + 180_000
     assert ps.tick(T0 + 400_000).candidates == []  # still the same silence
     res, _ = feed(ps, WL, [1.0], t0=T0 + 500_000)
-    assert any("state=cleared" in ln and "rule=silence" in ln for ln in res.lines)
+    cleared = [ln for ln in res.lines if "state=cleared" in ln and "rule=silence" in ln]
+    assert len(cleared) == 1 and "category=sensor_offline" in cleared[0]
 
 
 def test_tick_closes_stale_window():

@@ -24,6 +24,9 @@
  * messages and never hand libmosquitto more than the in-flight window; when
  * the window is full the schedule keeps running and we record how far behind
  * it we are ("max_behind", in messages) and catch up once acks return.
+ * Don't make the window much bigger than needed (rate x round trip): in
+ * libmosquitto 2.0 each publish and each PUBACK walks the whole in-flight
+ * list, so a full window of N makes every message cost O(N).
  *
  * Exit status: 0 after a run (even if not everything was acked: the JSON
  * says so), 2 if the broker cannot be reached or refuses the connection,
@@ -328,6 +331,11 @@ static int parse_args(int argc, char **argv, struct options *o)
 	}
 	if(o->anomaly_sensor && !have_anom_value){
 		fprintf(stderr, "publisher: --anomaly-sensor needs --anomaly-value\n");
+		return -1;
+	}
+	/* Keeps every "%.3f" rendering well inside the fixed payload buffer. */
+	if(fabs(o->anomaly_value) >= 1e12){
+		fprintf(stderr, "publisher: --anomaly-value must be within +-1e12\n");
 		return -1;
 	}
 	/* The template is substituted by hand (not used as a printf format) so a

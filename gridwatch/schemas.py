@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 SENSOR_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -49,6 +50,15 @@ class SensorPayloadV1(_Schema):
     seq: int | None = Field(
         default=None, ge=0, title="Sequence", description="Optional per-sensor counter (diagnostics)."
     )
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _v_is_an_integer(cls, v: object) -> object:
+        # Literal[1] matches by equality even in strict mode, so `true` and `1.0` passed
+        # (found by tests/test_fuzz_bridge.py) while `"ts": 1.0` is refused.
+        if type(v) is not int:
+            raise PydanticCustomError("literal_error", "Input should be 1", {"expected": "1"})
+        return v
 
 
 class SensorReading(_Schema):
@@ -218,7 +228,11 @@ class DeadLetter(_Schema):
     origin: str = Field(title="Origin", description="MQTT topic or Kafka topic/partition/offset.")
     reason_code: DeadLetterReason = Field(title="Reason code", description="Machine-readable reason.")
     reason: str = Field(title="Reason", description="Human-readable reason naming the field and problem.")
-    raw_b64: str = Field(title="Raw bytes", description="The payload exactly as received, base64.")
+    raw_b64: str = Field(
+        title="Raw bytes",
+        description="The payload exactly as received, base64 (payloads over 256 KiB: their first 256 KiB, "
+        "and the reason says so).",
+    )
     received: EpochMs = Field(title="Received", description="When it was received.")
 
     @field_validator("raw_b64")

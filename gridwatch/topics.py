@@ -51,8 +51,17 @@ def sensor_reading_topic(prefix: str, sensor_id: str) -> str:
 
 
 def sensor_reading_subscription(prefix: str) -> str:
-    """Subscription filter the bridge uses for every sensor's readings."""
-    return f"{prefix}/sensors/+/reading"
+    """Subscription filter of the bridge: the whole `{prefix}/sensors` subtree.
+
+    Wider than the reading convention on purpose: a sensor publishing on a malformed topic
+    (`.../sensors/id`, `.../sensors/id/reading/x`) is dead-lettered as `bad_topic` and
+    counted, instead of being invisible to gridwatch.
+    """
+    return f"{prefix}/sensors/#"
+
+
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's count of messages dropped by its queue limits (the bridge reports it as health)."""
 
 
 def parse_sensor_reading_topic(prefix: str, topic: str) -> str | None:

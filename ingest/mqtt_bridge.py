@@ -40,7 +40,13 @@ from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.ingest.sensor_payload import ReadingValidator, Rejected
 from gridwatch.kafka import ensure_topics, make_producer
 from gridwatch.schemas import DeadLetter, DeadLetterReason
-from gridwatch.topics import DEAD_LETTERS, SENSOR_READINGS, sensor_partition, sensor_reading_subscription
+from gridwatch.topics import (
+    BROKER_DROPPED_TOPIC,
+    DEAD_LETTERS,
+    SENSOR_READINGS,
+    sensor_partition,
+    sensor_reading_subscription,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +184,7 @@ class SensorBridge:
         self.stats["mqtt_connects"] += 1
         client.reconnect_delay = self.cfg.mqtt.reconnect_min_s  # reset the backoff
         client.subscribe(sensor_reading_subscription(self.cfg.mqtt.topic_prefix), qos=1)
+        client.subscribe(BROKER_DROPPED_TOPIC, qos=0)  # mosquitto's drop counter, as a health metric
         self._connected.set()
         log.info("bridge: connected to MQTT %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
 
@@ -197,6 +204,10 @@ class SensorBridge:
         self, client: MQTTClient, topic: str | bytes, payload: bytes, qos: int, properties: dict
     ) -> int:
         """Returns the PUBACK reason code (0) once the reading or its dead letter is in Kafka."""
+        if topic == BROKER_DROPPED_TOPIC:
+            with contextlib.suppress(ValueError):
+                self.stats["broker_dropped_messages"] = int(payload)
+            return 0
         self.stats["received"] += 1
         now = self.clock.now_ms()
         try:

@@ -122,4 +122,11 @@ def test_readings_anomaly_and_dead_letters(pipeline: LocalPipeline):
         return int(s[0]["values"][0][1]) if s else 0
 
     assert pipe.wait_for(lambda: bridge_dead_letters() == 12, 15)
+
+    # the broker's own drop counter ($SYS) reaches the bridge's health: nothing dropped
+    def broker_dropped() -> list:
+        return pipe.influxql("SELECT last(broker_dropped_messages) FROM pipeline_health WHERE component='bridge'")
+
+    assert pipe.wait_for(lambda: bool(broker_dropped()), 15)
+    assert broker_dropped()[0]["values"][0][1] == 0
     assert orjson.loads(orjson.dumps(cand.model_dump(mode="json")))["candidate_id"] == cand.candidate_id

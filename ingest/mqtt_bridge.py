@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import socket
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from gmqtt import Client as MQTTClient
@@ -79,20 +80,33 @@ class SensorBridge:
         self._partition_of: dict[str, int] = {
             s.id: sensor_partition(s.id, self.partitions) for s in cfg.sensors
         }
+        # Per partition: the open batch (still growing), closed batches waiting, and whether a
+        # record is in flight. One record in flight per partition keeps readings in order and
+        # batches adaptively: while a record is in flight the open batch keeps growing (up to
+        # bridge.batch_max_readings), so under load records get bigger instead of more numerous.
+        # (Sending every 50 ms batch at once capped the bridge near 20k/s: aiokafka keeps one
+        # request in flight per broker, and the flooded event loop made each round trip slow.)
         self._batches: dict[int, _OpenBatch] = {}
+        self._ready: dict[int, deque[_OpenBatch]] = {}
+        self._inflight: set[int] = set()
         self._producer = make_producer(cfg.kafka)
         self._mqtt: MQTTClient | None = None
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        # One dead letter at a time enters the producer's accumulator (see _dead_letter).
-        self._dead_letter_lock = asyncio.Lock()
+        self._send_locks: dict[tuple[str, int | None], asyncio.Lock] = {}  # see _send
         self.instance = f"{socket.gethostname()}:{cfg.mqtt.client_id}"
         self.stats: Counter[str] = Counter()
         self.dead_letter_reasons: Counter[str] = Counter()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        # Up to mqtt.receive_maximum messages are in flight, each a task and a future: with
+        # the default thresholds the cyclic GC ran constantly and its full passes walked them
+        # all (a third of the bridge's CPU under overload). The hot path makes no cycles that
+        # need prompt collection, so collect rarely, and never the start-up objects.
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
         await self._start_kafka()
         self._tasks.append(asyncio.create_task(self._flusher(), name="bridge-flusher"))
         self._tasks.append(asyncio.create_task(self._health_loop(), name="bridge-health"))
@@ -230,34 +244,73 @@ class SensorBridge:
         batch.readings.append(reading)
         done = batch.done
         if len(batch.readings) >= self.cfg.bridge.batch_max_readings:
-            self._send_batch(part)
+            self._close_batch(part)
         assert done is not None
         await done
         return 0
 
-    def _send_batch(self, part: int) -> None:
+    def _close_batch(self, part: int) -> None:
         batch = self._batches.pop(part, None)
         if batch and batch.readings:
-            task = asyncio.create_task(self._deliver(part, batch))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            self._ready.setdefault(part, deque()).append(batch)
+            self._pump(part)
 
-    async def _deliver(self, part: int, batch: _OpenBatch) -> None:
-        """Send one packed record; retry until Kafka has it (unacked MQTT messages wait safely)."""
-        payload = encode_reading_batch(batch.readings)
+    def _pump(self, part: int) -> None:
+        """Send the partition's next closed batch unless one is already in flight."""
+        queue = self._ready.get(part)
+        if part in self._inflight or not queue:
+            return
+        self._inflight.add(part)
+        task = asyncio.create_task(self._deliver(part, queue.popleft()))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _send(self, topic: str, record: bytes, partition: int | None = None) -> None:
+        """Send one record and wait until Kafka has it; retry with backoff until it does.
+
+        Appending is serialised per (topic, partition): aiokafka wakes *every* sender waiting
+        on a full batch of a partition whenever it drains, and only one of them gets in. With
+        one record per request (dev profile) a burst of N waiting senders cost O(N^2) wake-ups:
+        it pinned the bridge at 100% CPU, made waiters time out and retry (found by
+        tests/test_fuzz_bridge.py for dead letters; the same herd capped the readings path at
+        ~7k/s under overload). Behind the lock one coroutine waits at a time; delivery is
+        still awaited concurrently. Unacknowledged MQTT messages wait safely meanwhile.
+        """
+        lock = self._send_locks.get((topic, partition))
+        if lock is None:
+            lock = self._send_locks[(topic, partition)] = asyncio.Lock()
         delay = 0.2
         while True:
             try:
-                await self._producer.send_and_wait(SENSOR_READINGS.name, payload, partition=part)
-                break
+                async with lock:
+                    delivered = await self._producer.send(topic, record, partition=partition)
+                await delivered
+                return
             except Exception as e:
                 self.stats["kafka_send_errors"] += 1
-                log.warning("bridge: Kafka send failed (%s); retrying in %.1f s", type(e).__name__, delay)
+                log.warning(
+                    "bridge: Kafka send to %s failed (%s); retrying in %.1f s", topic, type(e).__name__, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+
+    async def _deliver(self, part: int, batch: _OpenBatch) -> None:
+        """Send one packed record of readings, then release the MQTT acknowledgements waiting on it."""
+        try:
+            await self._send(SENSOR_READINGS.name, encode_reading_batch(batch.readings), part)
+        finally:
+            self._inflight.discard(part)
         self.stats["forwarded"] += len(batch.readings)
         self.stats["records"] += 1
         if batch.done and not batch.done.done():
             batch.done.set_result(None)
+        open_batch = self._batches.get(part)
+        if (
+            open_batch
+            and self.clock.monotonic() - open_batch.opened >= self.cfg.bridge.flush_interval_ms / 1000
+        ):
+            self._close_batch(part)  # it waited for us: send it now
+        else:
+            self._pump(part)
 
     async def _dead_letter(self, topic: str | bytes, payload: bytes, r: Rejected, now: int) -> None:
         origin = topic if isinstance(topic, str) else topic.decode("utf-8", "replace")
@@ -268,25 +321,7 @@ class SensorBridge:
         dl = DeadLetter.of(
             source="mqtt", origin=origin[:512], reason_code=r.code, reason=reason, raw=raw, received=now
         )
-        record = encode_event(dl)
-        delay = 0.2
-        while True:
-            try:
-                # Appending is serialised: aiokafka wakes *every* sender waiting on a full batch
-                # of a partition whenever it drains, and only one of them gets in. With one record
-                # per request (dev profile) and the single dead-letter partition, a burst of N bad
-                # messages cost O(N^2) wake-ups, pinned the bridge at 100% CPU and made waiters
-                # time out (KafkaTimeoutError) and retry (tests/test_fuzz_bridge.py). Behind the
-                # lock one coroutine waits at a time; delivery is still awaited concurrently.
-                async with self._dead_letter_lock:
-                    delivered = await self._producer.send(DEAD_LETTERS.name, record)
-                await delivered
-                break
-            except Exception as e:
-                self.stats["kafka_send_errors"] += 1
-                log.warning("bridge: dead-letter send failed (%s); retrying", type(e).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+        await self._send(DEAD_LETTERS.name, encode_event(dl))
         self.stats["dead_letters"] += 1
         self.dead_letter_reasons[str(r.code)] += 1
 
@@ -296,13 +331,15 @@ class SensorBridge:
             await asyncio.sleep(interval / 2)
             now = self.clock.monotonic()
             for part, batch in list(self._batches.items()):
-                if now - batch.opened >= interval:
-                    self._send_batch(part)
+                if now - batch.opened >= interval and part not in self._inflight:
+                    self._close_batch(part)
 
-    async def _flush_all(self) -> None:
-        batches = list(self._batches.items())
-        self._batches.clear()
-        await asyncio.gather(*(self._deliver(p, b) for p, b in batches if b.readings), return_exceptions=True)
+    async def _flush_all(self, timeout_s: float = 10) -> None:
+        for part in list(self._batches):
+            self._close_batch(part)
+        deadline = self.clock.monotonic() + timeout_s
+        while (self._inflight or any(self._ready.values())) and self.clock.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     # --- health ------------------------------------------------------------------------------
     def _write_health(self) -> None:

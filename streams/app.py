@@ -64,11 +64,33 @@ class LatencyWindow:
         return out
 
 
+def _set_faust_fetch_max_wait(ms: int) -> None:
+    """Faust hard-codes the worker consumer's `fetch_max_wait_ms=1500`; make it configurable.
+
+    Measured with a bare Faust agent on Tansu: p50 376 ms / p99 752 ms from produce to agent
+    at 1500, 28 ms / 55 ms at 100 (a plain aiokafka consumer gets 2 ms either way: Tansu does
+    not end Faust's waiting fetch early when data arrives). Wraps the factory method once.
+    """
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(cls._create_worker_consumer, "__wrapped__", cls._create_worker_consumer)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms  # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        return consumer
+
+    create.__wrapped__ = original  # type: ignore[attr-defined]
+    cls._create_worker_consumer = create
+
+
 def create_app(
     cfg: GridwatchConfig, registry: dict[str, SensorInfo], *, clock: Clock = SYSTEM_CLOCK
 ) -> faust.App:
     k = cfg.kafka
     partitions = k.readings_partitions
+    _set_faust_fetch_max_wait(k.effective_fetch_max_wait_ms())
     app = faust.App(
         cfg.streams.app_id,
         broker=";".join(f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(",")),

@@ -57,8 +57,14 @@ class SensorState:
     rate_last_fast: int | None = None
     silent_since: int | None = None
 
-    def to_list(self) -> list[Any]:
-        return [getattr(self, f) for f in self.__slots__]
+    def to_list(self) -> tuple[Any, ...]:
+        # spelled out (in field order): the whole partition's state is serialised once per
+        # batch, and a getattr loop over the slots was a fifth of the worker's CPU
+        return (
+            self.last_ts, self.last_value, self.last_seen, self.win_start, self.win_count, self.win_sum,
+            self.win_min, self.win_max, self.win_last, self.high_since, self.low_since, self.rate_since,
+            self.rate_last_fast, self.silent_since,
+        )  # fmt: skip
 
     @classmethod
     def from_list(cls, values: list[Any]) -> SensorState:

@@ -125,7 +125,9 @@ def test_readings_anomaly_and_dead_letters(pipeline: LocalPipeline):
 
     # the broker's own drop counter ($SYS) reaches the bridge's health: nothing dropped
     def broker_dropped() -> list:
-        return pipe.influxql("SELECT last(broker_dropped_messages) FROM pipeline_health WHERE component='bridge'")
+        return pipe.influxql(
+            "SELECT last(broker_dropped_messages) FROM pipeline_health WHERE component='bridge'"
+        )
 
     assert pipe.wait_for(lambda: bool(broker_dropped()), 15)
     assert broker_dropped()[0]["values"][0][1] == 0

@@ -105,3 +105,13 @@ def test_candidate_ids_are_deterministic():
     a, _ = feed(state(), WL, [2.0, 2.6])
     b, _ = feed(state(), WL, [2.0, 2.6])
     assert [c.candidate_id for c in a.candidates] == [c.candidate_id for c in b.candidates]
+
+
+def test_state_record_round_trips_every_field():
+    from dataclasses import fields
+
+    from gridwatch.streams.sensor_state import SensorState
+
+    st = SensorState(*range(1, len(fields(SensorState)) + 1))
+    assert SensorState.from_list(list(st.to_list())) == st
+    assert len(st.to_list()) == len(fields(SensorState))

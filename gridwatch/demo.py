@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from rich.console import Console
@@ -35,6 +36,8 @@ from gridwatch.devservers.stack import DevStack
 from gridwatch.localrun import LocalPipeline, read_topic
 from gridwatch.schemas import DeadLetter, IncidentCandidate
 from gridwatch.topics import DEAD_LETTERS, INCIDENT_CANDIDATES, sensor_reading_topic
+
+E = TypeVar("E", IncidentCandidate, DeadLetter)
 
 # daily pattern (base, amplitude, noise) per sensor type; the peak is at 14:00 (noise: 19:00)
 PATTERNS = {
@@ -184,20 +187,21 @@ class Feed:
         c.disconnect()
 
 
-def _candidates(pipe: LocalPipeline) -> list[IncidentCandidate]:
+def _events(pipe: LocalPipeline, topic: str, cls: type[E]) -> list[E]:
+    """Every event of a topic (records of other schemas are skipped)."""
     out = []
-    for raw in read_topic(pipe.stack.kafka_bootstrap, INCIDENT_CANDIDATES.name, timeout_s=5):
+    for raw in read_topic(pipe.stack.kafka_bootstrap, topic, timeout_s=5):
         with contextlib.suppress(DecodeError):
-            out.append(decode_event(raw, IncidentCandidate))
+            out.append(decode_event(raw, cls))
     return out
+
+
+def _candidates(pipe: LocalPipeline) -> list[IncidentCandidate]:
+    return _events(pipe, INCIDENT_CANDIDATES.name, IncidentCandidate)
 
 
 def _dead_letters(pipe: LocalPipeline) -> list[DeadLetter]:
-    out = []
-    for raw in read_topic(pipe.stack.kafka_bootstrap, DEAD_LETTERS.name, timeout_s=5):
-        with contextlib.suppress(DecodeError):
-            out.append(decode_event(raw, DeadLetter))
-    return out
+    return _events(pipe, DEAD_LETTERS.name, DeadLetter)
 
 
 def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, console: Console) -> int:

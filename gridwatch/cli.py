@@ -133,7 +133,13 @@ def bridge(config: Path = ConfigOpt, log_level: str = typer.Option("info", help=
                 loop.add_signal_handler(sig, b.stop)
             await b.run_forever()
 
-    asyncio.run(main())
+    from gridwatch.kafka import TopicSetupError
+
+    try:
+        asyncio.run(main())
+    except TopicSetupError as e:
+        console.print(f"[red]cannot start the bridge[/red]: {e}")
+        raise typer.Exit(2) from None
 
 
 @streams_app.command("worker")

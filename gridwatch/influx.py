@@ -8,8 +8,9 @@ disk (`influx.spill_dir`) and are replayed after recovery. Only when the spill i
 are lines dropped, and every dropped line is counted in `stats["dropped_lines"]` (written to
 the `pipeline_health` measurement), never silently.
 
-A 4xx answer other than 429 means InfluxDB refused the data itself (e.g. a field type
-conflict): retrying cannot help, so those lines are counted as `rejected_lines` and logged.
+A 400 or 422 answer means InfluxDB refused the data itself (e.g. a field type conflict):
+retrying cannot help, so those lines are counted as `rejected_lines` and logged. Any other
+error (401/403/404 from a rotated token or missing bucket, 5xx, no connection) is retried.
 
 The measurement / tag / field schema is in docs/INFLUX_SCHEMA.md.
 """
@@ -23,6 +24,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gridwatch.clock import SYSTEM_CLOCK, Clock
@@ -104,9 +106,14 @@ class InfluxSink:
             "replayed_lines": 0,
             "dropped_lines": 0,
         }
-        if cfg.spill_dir is not None:
-            cfg.spill_dir.mkdir(parents=True, exist_ok=True)
-            for f in sorted(cfg.spill_dir.glob("*.lp")):  # a previous run's spill: replay it too
+        # Each sink spills into its own subdirectory (named after the sink): the bridge and a
+        # stream worker share one config, and two sinks replaying and numbering the same files
+        # overwrote and double-replayed each other's spill.
+        self.spill_dir: Path | None = cfg.spill_dir / name if cfg.spill_dir is not None else None
+        self._live_batches_since_replay = 0
+        if self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            for f in sorted(self.spill_dir.glob("*.lp")):  # a previous run's spill: replay it too
                 self._spill_bytes += f.stat().st_size
                 self._spill_seq = max(self._spill_seq, int(f.stem.split("-")[-1]) + 1)
 
@@ -200,16 +207,21 @@ class InfluxSink:
         if queued:
             self._queued_lines -= len(chunk.lines)
         data = ("\n".join(chunk.lines) + "\n").encode()
-        if self.cfg.spill_dir is not None and self._spill_bytes + len(data) <= self.cfg.max_spill_bytes:
-            path = self.cfg.spill_dir / f"spill-{self._spill_seq:09d}.lp"
+        spilled = False
+        if self.spill_dir is not None and self._spill_bytes + len(data) <= self.cfg.max_spill_bytes:
+            path = self.spill_dir / f"spill-{self._spill_seq:09d}.lp"
             self._spill_seq += 1
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # a crash leaves either a whole file or none
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)  # a crash leaves either a whole file or none
+                spilled = True
+            except OSError as e:  # disk full, permissions: the lines are lost, and counted
+                log.error("%s: cannot spill to %s: %s", self.name, self.spill_dir, e.strerror)
+        if spilled:
             self._spill_bytes += len(data)
             self.stats["spilled_lines"] += len(chunk.lines)
-            if chunk.on_written:  # its latency can no longer be measured meaningfully
-                chunk.on_written = None
+            chunk.on_written = None  # its latency can no longer be measured meaningfully
         else:
             self.stats["dropped_lines"] += len(chunk.lines)
             log.error("%s: buffer and spill full: dropped %d lines (counted)", self.name, len(chunk.lines))
@@ -221,23 +233,35 @@ class InfluxSink:
         lines: list[str] = []
         callbacks = []
         durable: list[Callable[[], object]] = []
-        while self._queue and len(lines) < self.cfg.batch_max_lines:
-            chunk = self._queue[0]
-            room = self.cfg.batch_max_lines - len(lines)
-            if len(chunk.lines) <= room:
-                self._queue.popleft()
-                lines.extend(chunk.lines)
-                if chunk.on_written:
-                    callbacks.append(chunk.on_written)
-                if chunk.on_durable:
-                    durable.append(chunk.on_durable)
-            else:  # split a big chunk; its callbacks fire with its last part
-                lines.extend(chunk.lines[:room])
-                chunk.lines = chunk.lines[room:]
+        # Whole chunks only (a batch may pass batch_max_lines by one chunk): a chunk's on_durable
+        # stands for all of its lines, and a split chunk's spilled remainder fired it while its
+        # first part was still in a batch being retried.
+        while self._queue and (
+            not lines or len(lines) + len(self._queue[0].lines) <= self.cfg.batch_max_lines
+        ):
+            chunk = self._queue.popleft()
+            lines.extend(chunk.lines)
+            if chunk.on_written:
+                callbacks.append(chunk.on_written)
+            if chunk.on_durable:
+                durable.append(chunk.on_durable)
         self._queued_lines -= len(lines)
         return lines, callbacks, durable
 
     async def _run(self) -> None:
+        """The writer loop; an unexpected error is logged and the loop goes on (never dies silently)."""
+        while True:
+            try:
+                await self._loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["write_errors"] += 1
+                log.exception("%s: writer loop failed; restarting it", self.name)
+                await asyncio.sleep(self.cfg.retry_min_s)
+
+    async def _loop(self) -> None:
         while True:
             if not self._queue and not self._spill_bytes:
                 if self._closing:
@@ -263,16 +287,26 @@ class InfluxSink:
                 for cb in callbacks:
                     cb(ack)
                 _fire(durable)
+                self._live_batches_since_replay += 1
+                # under steady load the queue is never empty: replay a spill file every few
+                # live batches so a past outage's data reaches InfluxDB now, not after the load
+                if self._spill_bytes and self._live_batches_since_replay >= 4:
+                    self._live_batches_since_replay = 0
+                    if not await self._replay_one_spill_file():
+                        return
             elif self._spill_bytes and not await self._replay_one_spill_file():
                 return
 
     async def _replay_one_spill_file(self) -> bool:
-        files = sorted(self.cfg.spill_dir.glob("*.lp")) if self.cfg.spill_dir else []
+        files = sorted(self.spill_dir.glob("*.lp")) if self.spill_dir else []
         if not files:
             self._spill_bytes = 0
             return True
         f = files[0]
-        data = f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:  # removed by hand meanwhile: nothing to replay
+            return True
         body = data.decode().rstrip("\n")
         n = body.count("\n") + 1 if body else 0
         # big spill files are sent in batch-sized pieces
@@ -281,7 +315,7 @@ class InfluxSink:
             piece = parts[i : i + self.cfg.batch_max_lines]
             if not await self._send_with_retry("\n".join(piece), len(piece)):
                 return False
-        f.unlink()
+        f.unlink(missing_ok=True)
         self._spill_bytes = max(0, self._spill_bytes - len(data))
         self.stats["replayed_lines"] += n
         return True
@@ -303,7 +337,10 @@ class InfluxSink:
                 return True
             except ApiException as e:
                 status = e.status or 0
-                if 400 <= status < 500 and status != 429:
+                # Only "bad data" answers are final. 401/403/404 (token rotated, bucket missing),
+                # 413, 429 and 5xx are the deployment's problem, not the data's: keep retrying
+                # (the buffer and spill hold the lines) instead of acking them away.
+                if status in (400, 422):
                     self.stats["rejected_lines"] += n_lines
                     self.stats["write_errors"] += 1
                     log.error(

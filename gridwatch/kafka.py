@@ -74,11 +74,30 @@ async def ensure_topics(cfg: KafkaConfig, extra: dict[str, int] | None = None, t
             if name not in existing
         ]
         if new:
+            resp = None
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+                resp = await admin.create_topics(new)
+            # CreateTopics reports per-topic errors in its body; aiokafka does not raise them
+            for topic_error in getattr(resp, "topic_errors", None) or []:
+                name, code = topic_error[0], topic_error[1]
+                if code not in (0, 36):  # 36: already exists (a concurrent creator): fine
+                    raise TopicSetupError(f"kafka: cannot create topic {name!r}: error code {code}")
             log.info("created topics: %s", ", ".join(t.name for t in new))
+        # A topic made earlier with another partition count breaks the sensor -> partition
+        # mapping (the bridge would retry a send to a missing partition forever): refuse to start.
+        for t in await admin.describe_topics(list(wanted)):
+            have, want = len(t.get("partitions", [])), wanted.get(t["topic"])
+            if want is not None and t.get("error_code", 0) == 0 and have != want:
+                raise TopicSetupError(
+                    f"kafka: topic {t['topic']!r} has {have} partitions but the config wants {want} "
+                    "(kafka.readings_partitions): recreate the topic or set the config to match"
+                )
     finally:
         await admin.close()
+
+
+class TopicSetupError(RuntimeError):
+    """Kafka topics are missing or shaped differently from what the config says."""
 
 
 def ensure_topics_sync(cfg: KafkaConfig) -> None:

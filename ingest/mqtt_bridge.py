@@ -39,7 +39,7 @@ from gridwatch.codec import Reading, encode_event, encode_reading_batch
 from gridwatch.config import GridwatchConfig, secret_from_env
 from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.ingest.sensor_payload import ReadingValidator, Rejected
-from gridwatch.kafka import ensure_topics, make_producer
+from gridwatch.kafka import TopicSetupError, ensure_topics, make_producer
 from gridwatch.schemas import DeadLetter, DeadLetterReason
 from gridwatch.topics import (
     BROKER_DROPPED_TOPIC,
@@ -146,6 +146,8 @@ class SensorBridge:
                 await ensure_topics(self.cfg.kafka)
                 await self._producer.start()
                 return
+            except TopicSetupError:
+                raise  # a configuration problem: retrying cannot fix it
             except Exception as e:
                 self.stats["kafka_connect_failures"] += 1
                 log.warning(

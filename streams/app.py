@@ -28,6 +28,7 @@ from gridwatch.config import GridwatchConfig
 from gridwatch.influx import InfluxSink, health_lines
 from gridwatch.registry import SensorInfo
 from gridwatch.schemas import DeadLetter, DeadLetterReason, StreamTick
+from gridwatch.streams.acks import OrderedAcker
 from gridwatch.streams.sensor_state import PartitionState
 from gridwatch.topics import DEAD_LETTERS, INCIDENT_CANDIDATES, SENSOR_READINGS, sensor_partition
 
@@ -143,6 +144,7 @@ def create_app(
     states: dict[int, PartitionState] = {}
     stats: Counter[str] = Counter()
     latency = LatencyWindow()
+    acker = OrderedAcker()
     offsets: dict[int, int] = {}
     sink_holder: dict[str, InfluxSink] = {}
 
@@ -186,8 +188,9 @@ def create_app(
                 )
                 await dead_letter_topic.send(value=encode_event(dl))
                 stats["dead_letters"] += 1
-                event.ack()
+                acker.track(p, msg.offset, event.ack)()
                 continue
+            done = acker.track(p, msg.offset, event.ack)
             ps = partition_state(p)
             now = clock.now_ms()
             if isinstance(record, StreamTick):
@@ -200,20 +203,21 @@ def create_app(
                 latency.add_ingest([r.received for r in record], now)
                 stats["readings"] += len(record)
                 stats["batches"] += 1
+            # candidates before the state that records their episode: a crash between the two
+            # re-raises the candidate (same id, deduplicated downstream) rather than losing it
+            for cand in result.candidates:
+                await candidates_topic.send(key=cand.source_id.encode(), value=encode_event(cand))
+                stats["candidates"] += 1
             state_table[f"p{p}".encode()] = ps.to_bytes()  # one changelog record per batch
             stats["duplicates"] += result.duplicates
             stats["late"] += result.late
             stats["unknown_sensor"] += result.unknown
             stats["firings"] += result.firings
-            for cand in result.candidates:
-                await candidates_topic.send(key=cand.source_id.encode(), value=encode_event(cand))
-                stats["candidates"] += 1
             s = await sink()
-            # last, so the ack cannot come before the candidates are in the producer
             s.write(
                 result.lines,
                 on_written=(lambda ack, st=stamps: latency.add_batch(st, ack)) if stamps else None,
-                on_durable=event.ack,
+                on_durable=done,  # acked in offset order once every earlier record is durable too
             )
 
     @app.timer(cfg.streams.tick_s)
@@ -247,6 +251,8 @@ def create_app(
     async def _forget_states(app_: faust.App, revoked: Any = None, **kwargs: Any) -> None:
         # After a rebalance the table is the truth: reload states from it on next use.
         states.clear()
+        for tp in revoked or ():
+            acker.forget(tp.partition)
 
     @app.on_before_shutdown.connect
     async def _close_sink(app_: faust.App, **kwargs: Any) -> None:

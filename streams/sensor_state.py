@@ -35,7 +35,7 @@ from gridwatch.schemas import (
     SourceKind,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: win_closed_until
 
 
 @dataclass(slots=True)
@@ -56,6 +56,9 @@ class SensorState:
     rate_since: int | None = None
     rate_last_fast: int | None = None
     silent_since: int | None = None
+    # end of the last window already written: a reading before it is late, and must not
+    # reopen that window (its point would overwrite the full aggregate with a partial one)
+    win_closed_until: int | None = None
 
     def to_list(self) -> tuple[Any, ...]:
         # spelled out (in field order): the whole partition's state is serialised once per
@@ -63,7 +66,7 @@ class SensorState:
         return (
             self.last_ts, self.last_value, self.last_seen, self.win_start, self.win_count, self.win_sum,
             self.win_min, self.win_max, self.win_last, self.high_since, self.low_since, self.rate_since,
-            self.rate_last_fast, self.silent_since,
+            self.rate_last_fast, self.silent_since, self.win_closed_until,
         )  # fmt: skip
 
     @classmethod
@@ -154,12 +157,14 @@ class PartitionState:
 
         # window
         start = r.ts - r.ts % self.window_ms
-        if st.win_start is not None and start != st.win_start:
+        if st.win_closed_until is not None and start < st.win_closed_until:
+            out.late += 1  # its window was already written (closed by a tick): leave it be
+        elif st.win_start is not None and start != st.win_start:
             if start < st.win_start:
                 out.late += 1
             else:
                 self._close_window(out, info, tags, st)
-        if st.win_start is None:
+        if st.win_start is None and not (st.win_closed_until is not None and start < st.win_closed_until):
             st.win_start, st.win_count, st.win_sum = start, 0, 0.0
             st.win_min = st.win_max = r.value
         if start == st.win_start:
@@ -274,6 +279,7 @@ class PartitionState:
         if st.win_start is None or st.win_count == 0:
             st.win_start = None
             return
+        st.win_closed_until = st.win_start + self.window_ms
         out.lines.append(
             line(
                 "sensor_window",

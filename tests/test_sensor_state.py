@@ -115,3 +115,16 @@ def test_state_record_round_trips_every_field():
     st = SensorState(*range(1, len(fields(SensorState)) + 1))
     assert SensorState.from_list(list(st.to_list())) == st
     assert len(st.to_list()) == len(fields(SensorState))
+
+
+def test_reading_for_a_window_a_tick_already_closed_is_late_not_a_second_point():
+    ps = state()
+    feed(ps, WL, [1.0, 2.0, 3.0, 4.0, 5.0])  # minutes 0-4 of the window
+    closed = [ln for ln in ps.tick(T0 + 600_000 + 31_000).lines if ln.startswith("sensor_window")]
+    assert len(closed) == 1 and "count=5i" in closed[0]
+    res, _ = feed(ps, WL, [6.0], t0=T0 + 5 * 60_000)  # newer than last_ts, same (closed) window
+    assert res.late == 1
+    assert not [ln for ln in res.lines if ln.startswith("sensor_window")]
+    assert not [ln for ln in ps.tick(T0 + 2 * 600_000 + 31_000).lines if ln.startswith("sensor_window")]
+    res, _ = feed(ps, WL, [7.0, 8.0], t0=T0 + 600_000)  # the next window opens normally
+    assert res.late == 0

@@ -49,11 +49,5 @@ class ManualClock:
         self._now_ms += int(seconds * 1000)
         self._mono += seconds
 
-    def set_ms(self, now_ms: int) -> None:
-        if now_ms < self._now_ms:
-            raise ValueError("ManualClock cannot go backwards")
-        self._mono += (now_ms - self._now_ms) / 1000
-        self._now_ms = now_ms
-
 
 SYSTEM_CLOCK = SystemClock()

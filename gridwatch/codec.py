@@ -81,15 +81,6 @@ def decode_readings_record(raw: bytes) -> list[Reading] | StreamTick:
     return _batch_from(data)
 
 
-def decode_reading_batch(raw: bytes) -> list[Reading]:
-    """Decode a packed batch. Trusts the element types the bridge validated, checks the shape."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise DecodeError(f"sensor_reading_batch: not JSON: {e}") from None
-    return _batch_from(data)
-
-
 def _batch_from(data: object) -> list[Reading]:
     if (
         not isinstance(data, dict)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -35,20 +35,6 @@ def producer_settings(cfg: KafkaConfig) -> dict[str, Any]:
 
 def make_producer(cfg: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**{**producer_settings(cfg), **overrides})
-
-
-def make_consumer(
-    cfg: KafkaConfig, *topics: str, group_id: str | None = None, **overrides: Any
-) -> AIOKafkaConsumer:
-    settings: dict[str, Any] = {
-        "bootstrap_servers": cfg.bootstrap_servers,
-        "group_id": group_id,
-        "auto_offset_reset": "earliest",
-        "enable_auto_commit": False,
-        "session_timeout_ms": cfg.effective_session_timeout_ms(),
-        "heartbeat_interval_ms": max(500, cfg.effective_session_timeout_ms() // 6),
-    }
-    return AIOKafkaConsumer(*topics, **{**settings, **overrides})
 
 
 def topic_partitions(cfg: KafkaConfig) -> dict[str, int]:

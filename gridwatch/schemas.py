@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -275,7 +274,3 @@ ALL_SCHEMAS: tuple[type[_Schema], ...] = (
     IncidentCandidate,
     DeadLetter,
 )
-
-
-def is_finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -235,7 +235,7 @@ class SensorBridge:
             log.exception("bridge: unexpected error validating a message")
             await self._dead_letter(
                 topic, payload, Rejected(DeadLetterReason.SCHEMA, f"internal error: {type(e).__name__}"), now
-            )  # type: ignore[arg-type]
+            )
             return 0
         part = self._partition_of[reading.sensor_id]
         batch = self._batches.get(part)

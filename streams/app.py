@@ -259,7 +259,6 @@ def create_app(
         if "s" in sink_holder:
             await sink_holder["s"].close()
 
-    app.gridwatch_stats = stats  # type: ignore[attr-defined]
     return app
 
 

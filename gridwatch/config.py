@@ -14,6 +14,7 @@ against the directory of the file that names them.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -316,6 +317,220 @@ class SensorConfig(_Model):
     rules: RulesConfig | None = Field(None, title="Rules override", description="Replaces the type's rules.")
 
 
+# --- dispatch (issue 4) --------------------------------------------------------------------
+LevelName = Literal["grid", "community", "town", "district"]
+_TIME_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class CalendarConfig(_Model):
+    """When deadline clocks run. `always`: every second; `working_hours`: only in office hours."""
+
+    kind: Literal["always", "working_hours"] = Field(
+        title="Kind", description="`always` (24/7) or `working_hours` (days and hours below)."
+    )
+    start: str = Field("08:30", pattern=_TIME_PATTERN, title="Opens", description="HH:MM local time.")
+    end: str = Field("17:30", pattern=_TIME_PATTERN, title="Closes", description="HH:MM local time.")
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"],
+        title="Working weekdays",
+        description="Days of the week whose hours count.",
+    )
+    holidays: list[date] = Field(
+        default_factory=list, title="Holidays", description="Dates that do not count (YYYY-MM-DD)."
+    )
+    extra_workdays: list[date] = Field(
+        default_factory=list,
+        title="Make-up working days",
+        description="Weekend dates that count (调休), YYYY-MM-DD.",
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> CalendarConfig:
+        if self.kind == "working_hours" and self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
+class StepDeadlines(_Model):
+    """Deadlines at one level, in counted seconds from the moment the level is assigned."""
+
+    ack_s: float = Field(gt=0, title="Acknowledge within", description="Seconds to acknowledge.")
+    arrive_s: float = Field(gt=0, title="Arrive within", description="Seconds to report arrival on site.")
+    resolve_s: float = Field(gt=0, title="Resolve within", description="Seconds to resolve.")
+
+    @model_validator(mode="after")
+    def _order(self) -> StepDeadlines:
+        if not (self.ack_s <= self.arrive_s <= self.resolve_s):
+            raise ValueError("deadlines must satisfy ack_s <= arrive_s <= resolve_s")
+        return self
+
+
+class TriggerRule(_Model):
+    """One line of the trigger list (启动清单): who is called first for a kind of matter."""
+
+    categories: list[Category | Literal["*"]] = Field(
+        min_length=1, title="Categories", description="Categories this line covers; `*` matches any."
+    )
+    min_severity: Severity = Field(
+        Severity.LOW, title="Minimum severity", description="Applies to candidates at least this severe."
+    )
+    first_level: LevelName = Field(
+        "grid", title="First level", description="Level of the ladder that is called first."
+    )
+    platform: str = Field(
+        title="Platform",
+        description="Work platform or department that owns the matter, e.g. '综合执法' (law enforcement).",
+    )
+    calendar: str = Field("always", title="Calendar", description="A key of `dispatch.calendars`.")
+    deadlines: dict[LevelName, StepDeadlines] = Field(
+        title="Deadlines per level",
+        description="Deadlines at each level from `first_level` up; a level without an entry uses "
+        "the nearest entry below it.",
+    )
+    review: Literal["always", "auto"] = Field(
+        "auto",
+        title="Review",
+        description="`always`: an operator confirms before dispatch; `auto`: dispatch at once "
+        "when confidence >= `auto_min_confidence`.",
+    )
+    auto_min_confidence: float = Field(
+        0.0, ge=0, le=1, title="Auto-dispatch confidence", description="Below it, review first."
+    )
+
+    @model_validator(mode="after")
+    def _first_level_has_deadlines(self) -> TriggerRule:
+        if self.first_level not in self.deadlines:
+            raise ValueError(f"deadlines: needs an entry for first_level {self.first_level!r}")
+        return self
+
+
+class FusionRule(_Model):
+    radius_m: float = Field(
+        150, ge=0, title="Radius", description="Candidates within this distance may be one incident."
+    )
+    window_s: float = Field(
+        1800, gt=0, title="Window", description="...and within this time of the incident's latest evidence."
+    )
+    same_grid_only: bool = Field(
+        False, title="Same grid only", description="Only merge candidates in the same grid."
+    )
+    cooldown_s: float = Field(
+        600,
+        ge=0,
+        title="Cooldown",
+        description="After an incident closes, candidates of its category and place within this time "
+        "are attached to it (recorded, not re-dispatched).",
+    )
+
+
+class FusionConfig(_Model):
+    default: FusionRule = Field(default_factory=FusionRule, title="Default", description="All categories.")
+    per_category: dict[Category, FusionRule] = Field(
+        default_factory=dict, title="Per category", description="Overrides of `default`."
+    )
+    severity_rise_sources: int = Field(
+        3,
+        ge=2,
+        title="Sources to raise severity",
+        description="Distinct sources that raise an incident's severity one step (again at each multiple).",
+    )
+
+    def rule(self, category: Category) -> FusionRule:
+        return self.per_category.get(category, self.default)
+
+
+class WebhookConfig(_Model):
+    name: str = Field(title="Name", description="Shown in delivery records.")
+    format: Literal["generic", "dingtalk", "wecom", "feishu"] = Field(
+        "generic", title="Format", description="Body format: gridwatch JSON or a chat robot's."
+    )
+    url_env: str = Field(
+        title="URL variable",
+        description="Environment variable holding the webhook URL (it carries the robot's token).",
+    )
+    nodes: list[str] = Field(
+        default_factory=lambda: ["*"],
+        title="Nodes",
+        description="Ladder node ids whose pushes go to this webhook; `*` = all.",
+    )
+
+
+class PushConfig(_Model):
+    qos: Literal[1, 2] = Field(1, title="MQTT QoS", description="QoS of team alert pushes.")
+    retry_min_s: float = Field(0.5, gt=0, title="Retry min", description="First retry delay.")
+    retry_max_s: float = Field(60, gt=0, title="Retry max", description="Longest retry delay.")
+    max_attempts: int = Field(
+        12, ge=1, title="Max attempts", description="After this many failures a delivery is marked failed."
+    )
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, title="Webhooks", description="Extra push channels."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        title="Public URL",
+        description="Base URL of the gridwatch API as teams reach it (links in pushes).",
+    )
+    map_url: str = Field(
+        "https://uri.amap.com/marker?position={lon},{lat}",
+        title="Map link",
+        description="Template of the map link in pushes; {lon} and {lat} are filled in.",
+    )
+
+
+class TeamCredential(_Model):
+    node: str = Field(title="Node", description="Ladder node id whose team this credential acts for.")
+    token_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        title="Token hash",
+        description="sha256 (hex) of the team's API token; `gridwatch dispatch token` makes a pair.",
+    )
+
+
+class DispatchConfig(_Model):
+    ledger_url: str = Field(
+        "sqlite:///var/gridwatch-ledger.db",
+        title="Ledger URL",
+        description="SQLAlchemy URL of the ledger: sqlite:///path (embedded) or "
+        "postgresql+psycopg://user@host/db (production; password from `ledger_password_env`).",
+    )
+    ledger_password_env: str | None = Field(
+        None, title="Ledger password variable", description="Environment variable with the DB password."
+    )
+    calendars: dict[str, CalendarConfig] = Field(
+        default_factory=lambda: {"always": CalendarConfig(kind="always")},
+        title="Calendars",
+        description="Named deadline calendars.",
+    )
+    triggers: list[TriggerRule] = Field(
+        default_factory=list,
+        title="Trigger list",
+        description="First matching line wins (category, then severity). A candidate no line matches "
+        "is dead-lettered.",
+    )
+    fusion: FusionConfig = Field(default_factory=FusionConfig, title="Fusion", description="Merging.")
+    push: PushConfig = Field(default_factory=PushConfig, title="Push", description="Alerts to teams.")
+    team_credentials: list[TeamCredential] = Field(
+        default_factory=list, title="Team credentials", description="API tokens of teams (hashed)."
+    )
+    verify_clear_s: float = Field(
+        60,
+        gt=0,
+        title="Camera verification time",
+        description="A resolved camera incident is verified when its zone stays clear this long.",
+    )
+    scheduler_max_sleep_s: float = Field(
+        0.5, gt=0, title="Scheduler wake-up", description="Longest the deadline scheduler sleeps."
+    )
+
+    @model_validator(mode="after")
+    def _calendars_known(self) -> DispatchConfig:
+        for i, t in enumerate(self.triggers):
+            if t.calendar not in self.calendars:
+                known = ", ".join(sorted(self.calendars))
+                raise ValueError(f"triggers[{i}].calendar: unknown calendar {t.calendar!r} (known: {known})")
+        return self
+
+
 class SiteConfig(_Model):
     name: str = Field("gridwatch", title="Name", description="Name of the command centre.")
     timezone: str = Field("Asia/Shanghai", title="Time zone", description="Centre's time zone (IANA name).")
@@ -344,6 +559,9 @@ class GridwatchConfig(_Model):
         default_factory=dict, title="Sensor types", description="Keyed by type name."
     )
     sensors: list[SensorConfig] = Field(default_factory=list, title="Sensors", description="The registry.")
+    dispatch: DispatchConfig = Field(
+        default_factory=DispatchConfig, title="Dispatch", description="Fusion, routing, pushes, deadlines."
+    )
     sensor_files: list[Path] = Field(
         default_factory=list,
         title="Sensor files",
@@ -460,6 +678,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         data["sensor_files"] = [
             str(_resolve(p, base)) if isinstance(p, str) else p for p in data["sensor_files"]
         ]
+    dispatch = data.get("dispatch")
+    if isinstance(dispatch, dict) and isinstance(dispatch.get("ledger_url"), str):
+        # sqlite:///relative/path is relative to the config file, like every other path in it
+        url = dispatch["ledger_url"]
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+            dispatch["ledger_url"] = "sqlite:///" + str(_resolve(url.removeprefix("sqlite:///"), base))
     for section, key in (("influx", "spill_dir"), ("streams", "data_dir")):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):

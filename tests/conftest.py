@@ -47,6 +47,8 @@ SERVER_FIXTURES = frozenset(
         "fresh_influxdb",
         "fresh_influx_v2",
         "fresh_stack",
+        "postgres",
+        "ledger_url",
     }
 )
 
@@ -228,3 +230,26 @@ def influx2() -> Influx2Settings:
         org=os.environ["GRIDWATCH_TEST_INFLUX2_ORG"],
         bucket=os.environ["GRIDWATCH_TEST_INFLUX2_BUCKET"],
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL (the ledger's production database) and ledger URLs
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from gridwatch.devservers.postgres import PostgresServer
+
+    with _running(PostgresServer(tmp_path_factory.mktemp("postgres"))) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ledger database: embedded SQLite, and the real PostgreSQL started above."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    server = request.getfixturevalue("postgres")
+    server.reset_database()
+    return server.url

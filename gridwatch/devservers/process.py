@@ -206,9 +206,12 @@ class ManagedProcess:
     with a marker line per start).
     """
 
-    def __init__(self, name: str, *, stop_grace: float = DEFAULT_STOP_GRACE) -> None:
+    def __init__(
+        self, name: str, *, stop_grace: float = DEFAULT_STOP_GRACE, stop_signal: int = signal.SIGTERM
+    ) -> None:
         self.name = name
         self.stop_grace = stop_grace
+        self.stop_signal = stop_signal
         self._popen: subprocess.Popen[bytes] | None = None
         self._argv: list[str] = []
         self._env: dict[str, str] | None = None
@@ -362,14 +365,18 @@ class ManagedProcess:
             if self._popen is None:
                 return None
             grace = self.stop_grace if grace is None else grace
-            if self._signal(signal.SIGTERM):
+            if self._signal(self.stop_signal):
                 # A SIGSTOPped process keeps SIGTERM pending until continued: wake it up to die.
                 self._signal(signal.SIGCONT)
                 try:
                     self._popen.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     log.warning(
-                        "%s (pid %s) ignored SIGTERM for %.1fs, sending SIGKILL", self.name, self.pid, grace
+                        "%s (pid %s) ignored signal %d for %.1fs, sending SIGKILL",
+                        self.name,
+                        self.pid,
+                        self.stop_signal,
+                        grace,
                     )
                     self._signal(signal.SIGKILL)
             rc = self._popen.wait()

@@ -1,0 +1,146 @@
+"""DispatchCore: fusion + routing + the state machine over the ledger, synchronous and I/O-light.
+
+The dispatch service (service.py) feeds it candidates from Kafka, team commands from MQTT and
+the HTTP API, and the clock; tests drive it directly with a `ManualClock`. All the decisions live
+in the pure modules it wires together: streams/fusion.py, routing.py, machine.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from gridwatch.city import CityModel
+from gridwatch.clock import Clock
+from gridwatch.config import GridwatchConfig
+from gridwatch.dispatch.ledger import ApplyResult, Ledger, StoredCandidate
+from gridwatch.dispatch.machine import TERMINAL_STATES, Command, CommandKind, State
+from gridwatch.dispatch.push import build_outbox
+from gridwatch.dispatch.routing import Router
+from gridwatch.schemas import IncidentCandidate
+from gridwatch.streams.fusion import FusionIndex
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DispatchCore", "DispatchStats"]
+
+
+@dataclass
+class DispatchStats:
+    candidates: int = 0
+    incidents_created: int = 0
+    attached: int = 0
+    duplicates: int = 0
+    unroutable: int = 0
+    commands: int = 0
+    commands_refused: int = 0
+    escalations: int = 0
+    stale_escalations: int = 0
+
+
+class DispatchCore:
+    def __init__(self, cfg: GridwatchConfig, city: CityModel, ledger: Ledger, clock: Clock) -> None:
+        self.cfg = cfg
+        self.city = city
+        self.ledger = ledger
+        self.clock = clock
+        self.router = Router(cfg.dispatch, city, cfg.site.timezone)
+        self.fusion = FusionIndex(cfg.dispatch.fusion)
+        self.outbox = build_outbox(cfg.dispatch.push)
+        self.stats = DispatchStats()
+        # Fusion decides on the index and then stores: one candidate at a time.
+        self._fuse_lock = threading.Lock()
+        self._keep_closed_ms = int(
+            max(
+                [
+                    cfg.dispatch.fusion.default.cooldown_s,
+                    *(r.cooldown_s for r in cfg.dispatch.fusion.per_category.values()),
+                ]
+            )
+            * 1000
+        )
+
+    def load(self) -> int:
+        """Rebuild the fusion index from the ledger (start-up); returns the incidents indexed."""
+        rows = self.ledger.fusion_index_rows(self.clock.now_ms(), self._keep_closed_ms)
+        for inc, cand_ids in rows:
+            self.fusion.add(inc, cand_ids)
+        return len(rows)
+
+    # --- candidates -----------------------------------------------------------------------
+    def handle_candidate(self, cand: IncidentCandidate) -> StoredCandidate:
+        """Fuse, route and store one candidate. Raises routing.NoRoute when nothing covers it."""
+        with self._fuse_lock:
+            self.stats.candidates += 1
+            now = self.clock.now_ms()
+            decision = self.fusion.decide(cand)
+            if decision.action == "duplicate":
+                self.stats.duplicates += 1
+                return StoredCandidate("", "duplicate", cand.severity.value, None)
+            route = None
+            if decision.action == "new":
+                try:
+                    route = self.router.route(cand.category, cand.severity, cand.grid_id)
+                except Exception:
+                    self.stats.unroutable += 1
+                    raise
+            stored = self.ledger.store_candidate(
+                cand,
+                decision,
+                now,
+                node_id=route.node_id if route else None,
+                level=route.level if route else None,
+                rule_index=route.rule_index if route else None,
+                platform=route.rule.platform if route else None,
+                plan=self.router.plan(route.rule_index) if route else None,
+                city=self.city,
+                outbox=self.outbox,
+            )
+            if stored.action == "duplicate":
+                self.stats.duplicates += 1
+                # The ledger knew it (a replay after a restart): make the index know it too.
+                self.fusion._seen_candidates.add(cand.candidate_id)
+                return stored
+            self.fusion.record(cand, decision, stored.incident_id)
+            if stored.action == "new":
+                self.stats.incidents_created += 1
+            else:
+                self.stats.attached += 1
+            return stored
+
+    # --- commands -------------------------------------------------------------------------
+    def command(self, incident_id: str, cmd: Command) -> ApplyResult:
+        self.stats.commands += 1
+        try:
+            res = self.ledger.apply(incident_id, cmd, self.clock.now_ms(), self.router.plan, self.outbox)
+        except Exception:
+            self.stats.commands_refused += 1
+            raise
+        if res.transition is not None and res.transition.changed:
+            st = res.incident.state
+            if st in TERMINAL_STATES:
+                self.fusion.mark_closed(incident_id, res.incident.closed_at or self.clock.now_ms())
+            elif cmd.kind is CommandKind.VERIFY and st is State.DISPATCHED:
+                self.fusion.reopen(incident_id)
+        return res
+
+    def escalate_due(self, limit: int = 500) -> list[ApplyResult]:
+        """Escalate every incident whose pending deadline has passed (one scheduler pass)."""
+        out = []
+        now = self.clock.now_ms()
+        for iid, level, step, due in self.ledger.due(now, limit):
+            cmd = Command(
+                command_id=f"deadline:{iid}:{level}:{step}:{due}",
+                kind=CommandKind.ESCALATE,
+                actor="system",
+                by="deadline",
+                params={"level": level, "step": step, "due_ms": due},
+            )
+            res = self.command(iid, cmd)
+            if res.transition is not None and res.transition.changed:
+                self.stats.escalations += 1
+            else:
+                self.stats.stale_escalations += 1
+            out.append(res)
+        return out

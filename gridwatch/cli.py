@@ -23,7 +23,9 @@ bench_app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 app.add_typer(streams_app, name="streams")
+dispatch_app = typer.Typer(help="The dispatch loop: ledger, pushes, deadlines, API.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(dispatch_app, name="dispatch")
 
 console = Console(stderr=True)
 ConfigOpt = typer.Option(
@@ -156,6 +158,72 @@ def streams_worker(
     registry = build_sensor_registry(cfg, CityModel.load(cfg.city.geojson))
     sys.argv = [sys.argv[0], "worker"]  # Faust's Worker reads argv
     run_worker(cfg, registry, loglevel=log_level)
+
+
+@dispatch_app.command("serve")
+def dispatch_serve(
+    config: Path = ConfigOpt, log_level: str = typer.Option("info", help="Log level.")
+) -> None:
+    """Run the dispatch service: candidates -> incidents -> pushes, deadlines, feedback, KPIs, HTTP API."""
+    _logging(log_level)
+    cfg = _load(config)
+    from gridwatch.dispatch.service import run_service
+    from gridwatch.kafka import TopicSetupError
+
+    try:
+        run_service(cfg)
+    except TopicSetupError as e:
+        console.print(f"[red]cannot start dispatch[/red]: {e}")
+        raise typer.Exit(2) from None
+
+
+@dispatch_app.command("migrate")
+def dispatch_migrate(config: Path = ConfigOpt) -> None:
+    """Create or upgrade the ledger's tables (Alembic `upgrade head`)."""
+    cfg = _load(config)
+    from gridwatch.config import secret_from_env
+    from gridwatch.dispatch.ledger import Ledger
+
+    led = Ledger(
+        cfg.dispatch.ledger_url,
+        password=secret_from_env(cfg.dispatch.ledger_password_env, what="dispatch.ledger_password_env"),
+    )
+    led.migrate()
+    console.print(f"[green]ledger schema up to date[/green] ({led.engine.dialect.name})")
+
+
+@dispatch_app.command("token")
+def dispatch_token(
+    name: str = typer.Argument(..., help="Who the token is for (a team, an operator)."),
+    role: str = typer.Option("team", help="team, operator, supervisor or viewer."),
+    node: str | None = typer.Option(None, help="Ladder node id (role team)."),
+) -> None:
+    """Make an API token: prints the token once (give it to its owner) and the config entry (its hash)."""
+    import secrets
+
+    from gridwatch.dispatch.api import hash_token
+
+    token = secrets.token_urlsafe(24)
+    console.print(f"token for {name} (shown once): [bold]{token}[/bold]")
+    entry = {
+        "name": name,
+        "role": role,
+        **({"node": node} if node else {}),
+        "token_sha256": hash_token(token),
+    }
+    print(json.dumps(entry, ensure_ascii=False))
+
+
+@dispatch_app.command("mqtt-acl")
+def dispatch_mqtt_acl(
+    config: Path = ConfigOpt,
+    dispatch_user: str = typer.Option("gridwatch-dispatch", help="MQTT user of the dispatch service."),
+    bridge_user: str = typer.Option("gridwatch-bridge", help="MQTT user of the sensor bridge."),
+) -> None:
+    """Print a mosquitto ACL file: each team (username = node id) reaches only its own topics."""
+    from gridwatch.dispatch.mqtt_acl import acl_text
+
+    print(acl_text(_load(config).mqtt.topic_prefix, dispatch_user=dispatch_user, bridge_user=bridge_user))
 
 
 @app.command("demo")

@@ -477,13 +477,29 @@ class PushConfig(_Model):
     )
 
 
-class TeamCredential(_Model):
-    node: str = Field(title="Node", description="Ladder node id whose team this credential acts for.")
+class ApiCredential(_Model):
+    """Who may use the HTTP API, with which role. Tokens are stored hashed, never in clear."""
+
+    name: str = Field(
+        title="Name", description="Who this is (a team, an operator); shown in the audit trail."
+    )
+    role: Literal["team", "operator", "supervisor", "viewer"] = Field(
+        title="Role",
+        description="team: acts on its own node's incidents; operator: dispatches, escalates by hand; "
+        "supervisor: also verifies closures; viewer: reads only.",
+    )
+    node: str | None = Field(None, title="Node", description="Ladder node id of the team (role `team` only).")
     token_sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$",
         title="Token hash",
-        description="sha256 (hex) of the team's API token; `gridwatch dispatch token` makes a pair.",
+        description="sha256 (hex) of the API token; `gridwatch dispatch token NAME` makes a pair.",
     )
+
+    @model_validator(mode="after")
+    def _team_has_node(self) -> ApiCredential:
+        if (self.role == "team") != (self.node is not None):
+            raise ValueError("`node` is required for role team and only allowed for it")
+        return self
 
 
 class DispatchConfig(_Model):
@@ -509,8 +525,13 @@ class DispatchConfig(_Model):
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig, title="Fusion", description="Merging.")
     push: PushConfig = Field(default_factory=PushConfig, title="Push", description="Alerts to teams.")
-    team_credentials: list[TeamCredential] = Field(
-        default_factory=list, title="Team credentials", description="API tokens of teams (hashed)."
+    credentials: list[ApiCredential] = Field(
+        default_factory=list, title="API credentials", description="API tokens (hashed) and their roles."
+    )
+    credentials_file: Path | None = Field(
+        None,
+        title="Credentials file",
+        description="YAML list of more credentials in the same form (kept out of the main file).",
     )
     verify_clear_s: float = Field(
         60,
@@ -520,6 +541,22 @@ class DispatchConfig(_Model):
     )
     scheduler_max_sleep_s: float = Field(
         0.5, gt=0, title="Scheduler wake-up", description="Longest the deadline scheduler sleeps."
+    )
+    mqtt_username: str | None = Field(
+        None,
+        title="MQTT username",
+        description="The dispatch service's own MQTT user (publishes every team's alerts); default `mqtt.username`.",
+    )
+    mqtt_password_env: str | None = Field(
+        None, title="MQTT password variable", description="Environment variable with that user's password."
+    )
+    consumer_group: str = Field(
+        "gridwatch-dispatch", title="Consumer group", description="Kafka group of the dispatch workers."
+    )
+    api_host: str = Field("127.0.0.1", title="API host", description="Address the HTTP API listens on.")
+    api_port: int = Field(8080, ge=0, le=65535, title="API port", description="0 = no HTTP API.")
+    kpi_interval_s: float = Field(
+        10, gt=0, title="KPI interval", description="How often KPIs are computed and written to InfluxDB."
     )
 
     @model_validator(mode="after")
@@ -649,6 +686,26 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
         cfg = GridwatchConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(file, e)) from None
+    if cfg.dispatch.credentials_file is not None:
+        cf = cfg.dispatch.credentials_file
+        items = _read_yaml(cf)
+        if not isinstance(items, list):
+            raise ConfigError(
+                f"{cf}: (top level): expected a list of credentials, got {type(items).__name__}"
+            )
+        creds = []
+        for i, item in enumerate(items):
+            try:
+                creds.append(ApiCredential.model_validate(item))
+            except ValidationError as e:
+                raise ConfigError(
+                    _format_validation_error(cf, e).replace(f"{cf}: ", f"{cf}: [{i}].")
+                ) from None
+        cfg = cfg.model_copy(
+            update={
+                "dispatch": cfg.dispatch.model_copy(update={"credentials": cfg.dispatch.credentials + creds})
+            }
+        )
     extra: list[SensorConfig] = []
     for sf in cfg.sensor_files:
         items = _read_yaml(sf)
@@ -679,6 +736,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             str(_resolve(p, base)) if isinstance(p, str) else p for p in data["sensor_files"]
         ]
     dispatch = data.get("dispatch")
+    if isinstance(dispatch, dict) and isinstance(dispatch.get("credentials_file"), str):
+        dispatch["credentials_file"] = str(_resolve(dispatch["credentials_file"], base))
     if isinstance(dispatch, dict) and isinstance(dispatch.get("ledger_url"), str):
         # sqlite:///relative/path is relative to the config file, like every other path in it
         url = dispatch["ledger_url"]

@@ -33,6 +33,20 @@ def producer_settings(cfg: KafkaConfig) -> dict[str, Any]:
     }
 
 
+def consumer_settings(cfg: KafkaConfig, group_id: str) -> dict[str, Any]:
+    """A plain aiokafka consumer that commits by hand (after its work is stored)."""
+    return {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": cfg.effective_session_timeout_ms(),
+        "heartbeat_interval_ms": max(500, cfg.effective_session_timeout_ms() // 3),
+        "fetch_max_wait_ms": cfg.effective_fetch_max_wait_ms(),
+        "max_partition_fetch_bytes": 8 << 20,
+    }
+
+
 def make_producer(cfg: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**{**producer_settings(cfg), **overrides})
 

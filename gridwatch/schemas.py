@@ -285,6 +285,8 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_SENSOR = "unknown_sensor"
     CLOCK_SKEW = "clock_skew"
     UNDECODABLE_RECORD = "undecodable_record"
+    NO_ROUTE = "no_route"
+    BAD_COMMAND = "bad_command"
 
 
 class DeadLetter(_Schema):

@@ -80,6 +80,30 @@ def team_alert_topic(prefix: str, team_id: str) -> str:
     return f"{prefix}/teams/{team_id}/alerts"
 
 
+def team_feedback_topic(prefix: str, team_id: str) -> str:
+    """Topic a grid team's terminals publish commands on (acknowledge, arrive, resolve, ...)."""
+    return f"{prefix}/teams/{team_id}/feedback"
+
+
+def team_feedback_subscription(prefix: str) -> str:
+    """What the dispatch service subscribes to: every team's feedback topic."""
+    return f"{prefix}/teams/+/feedback"
+
+
+def team_feedback_result_topic(prefix: str, team_id: str) -> str:
+    """Where the dispatch service answers a team's command (accepted, or refused and why)."""
+    return f"{prefix}/teams/{team_id}/feedback/result"
+
+
+def parse_team_topic(prefix: str, topic: str) -> str | None:
+    """Team node id of a `{prefix}/teams/{id}/...` topic, or None."""
+    head = f"{prefix}/teams/"
+    if not topic.startswith(head):
+        return None
+    rest = topic[len(head) :].split("/")
+    return rest[0] or None
+
+
 def sensor_partition(sensor_id: str, partitions: int) -> int:
     """Partition of the readings topic that carries a sensor (Kafka's murmur2 on the id).
 

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridwatch.city import CityModel, Level
+from gridwatch.dispatch.kpi import KpiRow
 from gridwatch.dispatch.machine import (
     TERMINAL_STATES,
     Command,
@@ -549,6 +550,46 @@ class Ledger:
                 )  # fmt: skip
                 out.append((inc, [c for c, _, _ in srcs]))
         return out
+
+    def kpi_rows(self, since_ms: int) -> list[KpiRow]:
+        """Incidents received since `since_ms` or still open, with the steps whose deadline escalated them."""
+        with self.session() as s:
+            rows = list(
+                s.execute(
+                    select(IncidentRow).where(
+                        (IncidentRow.created_at >= since_ms)
+                        | (IncidentRow.state.not_in(["closed", "false_alarm"]))
+                    )
+                ).scalars()
+            )
+            late: dict[str, set[str]] = {}
+            esc = s.execute(
+                select(TransitionRow.incident_id, TransitionRow.params).where(
+                    TransitionRow.kind == "escalate",
+                    TransitionRow.actor == "system",
+                    TransitionRow.changed.is_(True),
+                )
+            ).all()
+            for iid, params in esc:
+                late.setdefault(iid, set()).add(str((params or {}).get("step")))
+            return [
+                KpiRow(
+                    r.incident_id,
+                    r.category,
+                    r.state,
+                    r.level,
+                    r.node_id,
+                    r.grid_id,
+                    r.community_id,
+                    r.town_id,
+                    r.created_at,
+                    r.acknowledged_at,
+                    r.closed_at,
+                    r.escalations,
+                    frozenset(late.get(r.incident_id, ())),
+                )  # fmt: skip
+                for r in rows
+            ]
 
     def count_incidents(self, state: str | None = None) -> int:
         with self.session() as s:

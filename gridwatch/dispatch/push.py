@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 import paho.mqtt.client as mqtt
 
 from gridwatch.city import CityModel
@@ -32,7 +33,7 @@ from gridwatch.topics import team_alert_topic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeliveryWorker", "MqttAlertPublisher", "build_outbox", "format_webhook", "render_text"]
+__all__ = ["DeliveryWorker", "MqttTeamLink", "build_outbox", "format_webhook", "render_text"]
 
 TEAM_COMMANDS = ("acknowledge", "arrive", "resolve", "reject", "transfer", "false_alarm")
 
@@ -182,26 +183,56 @@ def _robot_error(fmt: str, body: Any) -> str | None:
     return None
 
 
-class MqttAlertPublisher:
-    """One paho-mqtt connection for alert pushes; `publish` waits for the broker's PUBACK."""
+class MqttTeamLink:
+    """The dispatch service's MQTT connection: publishes alerts (waiting for PUBACK) and receives
+    team feedback. A persistent session (clean_session off, fixed client id) makes the broker
+    queue QoS 1 feedback while the service is away, so a restart loses no acknowledgement."""
 
-    def __init__(self, cfg: MqttConfig, client_id: str = "gridwatch-dispatch") -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password_env: str | None = None,
+        on_message: Callable[[str, bytes], None] | None = None,
+        subscriptions: tuple[str, ...] = (),
+    ) -> None:
         self.cfg = cfg
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False
         )
-        if cfg.username:
-            self._client.username_pw_set(
-                cfg.username, secret_from_env(cfg.password_env, what="mqtt.password_env")
-            )
-        self._client.reconnect_delay_set(int(max(1, cfg.reconnect_min_s)), int(cfg.reconnect_max_s))
+        user = username or cfg.username
+        if user:
+            secret = secret_from_env(password_env or cfg.password_env, what="dispatch.mqtt_password_env")
+            self._client.username_pw_set(user, secret)
+        self._client.reconnect_delay_set(max(1, int(cfg.reconnect_min_s)), max(1, int(cfg.reconnect_max_s)))
+        self._client.max_queued_messages_set(0)
         self._connected = threading.Event()
-        self._client.on_connect = lambda c, u, f, rc, p=None: (
-            self._connected.set() if not rc.is_failure else None
-        )
+        self._subs = subscriptions
+        self._on_message = on_message
+        self._client.on_connect = self._handle_connect
         self._client.on_disconnect = lambda *a: self._connected.clear()
+        self._client.on_message = lambda c, u, m: (
+            self._on_message(m.topic, m.payload) if self._on_message else None
+        )
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         self._client.loop_start()
+
+    def _handle_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
+        if rc.is_failure:
+            log.warning("dispatch MQTT connection refused: %s", rc)
+            return
+        for topic in self._subs:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
 
     def publish(self, topic: str, payload: bytes, qos: int, timeout_s: float = 5.0) -> None:
         if not self._connected.wait(timeout_s):
@@ -214,8 +245,8 @@ class MqttAlertPublisher:
             raise TimeoutError(f"no PUBACK within {timeout_s} s")
 
     def close(self) -> None:
-        self._client.loop_stop()
         self._client.disconnect()
+        self._client.loop_stop()
 
 
 class DeliveryWorker:
@@ -226,7 +257,7 @@ class DeliveryWorker:
         ledger: Ledger,
         push: PushConfig,
         topic_prefix: str,
-        mqtt_publisher: MqttAlertPublisher | None,
+        mqtt_publisher: MqttTeamLink | None,
         now_ms: Callable[[], int],
         city: CityModel | None = None,
         http: httpx.Client | None = None,
@@ -251,8 +282,6 @@ class DeliveryWorker:
         if d.channel == "mqtt":
             if self.mqtt is None:
                 raise ConnectionError("no MQTT publisher configured")
-            import orjson
-
             self.mqtt.publish(
                 team_alert_topic(self.prefix, d.node_id), orjson.dumps(d.payload), self.push.qos
             )

@@ -154,6 +154,8 @@ def render_text(alert: dict[str, Any], city: CityModel | None = None) -> tuple[s
 
 def format_webhook(fmt: str, alert: dict[str, Any], city: CityModel | None = None) -> dict[str, Any]:
     """The request body for a webhook format."""
+    if fmt not in ("generic", "dingtalk", "wecom", "feishu"):
+        raise ValueError(f"unknown webhook format {fmt!r}")
     if fmt == "generic":
         return alert
     title, md = render_text(alert, city)

@@ -31,7 +31,8 @@ from rich.table import Table
 
 from gridwatch.city import CityModel
 from gridwatch.codec import DecodeError, decode_event
-from gridwatch.config import SensorConfig
+from gridwatch.config import SensorConfig, demo_config_path, load_config
+from gridwatch.demo_dispatch import DemoTeams, demo_dispatch_overrides, dispatch_summary, ledger_incidents
 from gridwatch.devservers.stack import DevStack
 from gridwatch.localrun import LocalPipeline, read_topic
 from gridwatch.schemas import DeadLetter, IncidentCandidate
@@ -212,10 +213,16 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
     with console.status("starting mosquitto, Tansu (Kafka protocol) and InfluxDB 1.6 ..."):
         stack = DevStack(workdir / "servers").start()
     try:
-        with console.status("starting the MQTT -> Kafka bridge and a Faust stream worker ..."):
-            pipe = LocalPipeline(stack, workdir, overrides={"bridge": {"health_interval_s": 2}})
+        with console.status("starting the MQTT -> Kafka bridge, a Faust stream worker and dispatch ..."):
+            overrides = {
+                "bridge": {"health_interval_s": 2},
+                **demo_dispatch_overrides(load_config(demo_config_path())),
+            }
+            pipe = LocalPipeline(stack, workdir, overrides=overrides)
             pipe.start_bridge()
             pipe.start_streams()
+            pipe.start_dispatch()
+            teams = DemoTeams(pipe)
         e = stack.endpoints
         console.print(
             f"[bold]servers[/bold] mqtt://{e.mqtt_host}:{e.mqtt_port}  kafka {e.kafka_bootstrap}  "
@@ -225,6 +232,7 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
         threading.Thread(target=feed.run, name="demo-feed", daemon=True).start()
         stored = 0
         cands: list[IncidentCandidate] = []
+        incs: list[dict] = []
         t_feed = time.monotonic()
 
         def view() -> Table:
@@ -235,6 +243,16 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
             t.add_row("malformed messages published", f"{feed.invalid_published:,}")
             t.add_row("readings stored in InfluxDB", f"{stored:,}  ({rate:,.0f}/s)")
             t.add_row("incident candidates raised", f"{len(cands)}")
+            states = Counter(i["state"] for i in incs)
+            t.add_row(
+                "incidents (ledger)",
+                f"{len(incs)}  " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())),
+            )
+            t.add_row("escalated on silence", str(sum(1 for i in incs if i["escalations"])))
+            t.add_row(
+                "pushes to teams (MQTT alerts)",
+                ", ".join(f"{k} {v}" for k, v in sorted(teams.alerts.items())) or "-",
+            )
             return t
 
         with Live(view(), console=console, refresh_per_second=4) as live:
@@ -244,6 +262,7 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
                 stored = pipe.count("sensor_reading")
                 if time.monotonic() - last_cands > 3:
                     cands = _candidates(pipe)
+                    incs = ledger_incidents(pipe)
                     last_cands = time.monotonic()
                 live.update(view())
                 if feed.done.is_set():
@@ -252,14 +271,25 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
                     silent_seen = feed.silent_sensor is None or any(
                         c.rule == "silence" and c.source_id == feed.silent_sensor.id for c in cands
                     )
-                    if (stored >= feed.published and silent_seen) or time.monotonic() > settle_deadline:
+                    loop_done = bool(incs) and all(i["state"] == "closed" for i in incs)
+                    if (
+                        stored >= feed.published and silent_seen and loop_done
+                    ) or time.monotonic() > settle_deadline:
                         break
                 time.sleep(0.5)
             cands = _candidates(pipe)
+            incs = ledger_incidents(pipe)
             live.update(view())
         if feed.error:
             raise feed.error
         code = _summary(console, pipe, feed, cands, stored, time.monotonic() - t0)
+        time.sleep(2.5)  # one more KPI pass after the last closure
+        if not dispatch_summary(console, pipe, teams):
+            console.print(
+                "[red]the dispatch loop did not complete: see dispatch.log in[/red] " + str(pipe.workdir)
+            )
+            code = 1
+        teams.close()
         if keep:
             console.print("servers and workers keep running; Ctrl-C to stop")
             try:

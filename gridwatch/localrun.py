@@ -12,6 +12,7 @@ processes, so tests can SIGKILL them exactly as an operator's machine would.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ import httpx
 import yaml
 
 from gridwatch.config import GridwatchConfig, _deep_merge, demo_config_path, load_config
-from gridwatch.devservers.process import ManagedProcess
+from gridwatch.devservers.process import ManagedProcess, free_port
 from gridwatch.devservers.stack import DevStack
+from gridwatch.dispatch.api import hash_token
 
 
 class LocalPipeline:
@@ -47,7 +49,22 @@ class LocalPipeline:
         city = data.get("city", {}).get("geojson")
         if isinstance(city, str) and not city.startswith("package:"):
             data["city"]["geojson"] = str((base.parent / city).resolve())
+        self.api_port = free_port()
+        # A supervisor token for the local API (the demo's verifier; tests' operator). Local only.
+        self.supervisor_token = secrets.token_urlsafe(18)
         endpoints = {
+            "dispatch": {
+                "ledger_url": f"sqlite:///{self.workdir / 'ledger.db'}",
+                "api_port": self.api_port,
+                "push": {"public_url": f"http://127.0.0.1:{self.api_port}"},
+                "credentials": [
+                    {
+                        "name": "local supervisor",
+                        "role": "supervisor",
+                        "token_sha256": hash_token(self.supervisor_token),
+                    }
+                ],
+            },
             "mqtt": {"host": stack.mqtt_host, "port": stack.mqtt_port},
             "kafka": {"bootstrap_servers": stack.kafka_bootstrap},
             "influx": {"url": stack.influx_url, "bucket": database, "spill_dir": str(self.workdir / "spill")},
@@ -62,6 +79,7 @@ class LocalPipeline:
         stack.influxdb.create_database(database)
         self.bridge = ManagedProcess("gridwatch-bridge", stop_grace=15)
         self.streams = ManagedProcess("gridwatch-streams", stop_grace=15)
+        self.dispatch = ManagedProcess("gridwatch-dispatch", stop_grace=15)
 
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "gridwatch.cli", *args, "--config", str(self.config_path)]
@@ -79,8 +97,18 @@ class LocalPipeline:
         # ready once it has written its first health line after this start (assigned and running)
         self.streams.wait_ready(lambda: _count(log, "streams: {") > marker, timeout)
 
+    def start_dispatch(self, timeout: float = 60) -> None:
+        log = self.workdir / "dispatch.log"
+        marker = _count(log, "dispatch: ready")
+        self.dispatch.start(self._cli("dispatch", "serve"), log_path=log)
+        self.dispatch.wait_ready(lambda: _count(log, "dispatch: ready") > marker, timeout)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
     def stop(self) -> None:
-        for p in (self.bridge, self.streams):
+        for p in (self.dispatch, self.bridge, self.streams):
             if p.alive:
                 p.stop()
 

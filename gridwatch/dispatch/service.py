@@ -125,6 +125,12 @@ class DispatchService:
         if self.cfg.dispatch.api_port:
             tasks.append(asyncio.create_task(self._serve_api(stop), name="api"))
         self.ready.set()
+        log.info(
+            "dispatch: ready (API %s)",
+            f"http://{self.cfg.dispatch.api_host}:{self.cfg.dispatch.api_port}"
+            if self.cfg.dispatch.api_port
+            else "off",
+        )
         try:
             await stop.wait()
         finally:

@@ -250,6 +250,28 @@ def bench_city(lookups: int = typer.Option(100_000, help="Point lookups to time.
     print(json.dumps(run_city_bench(lookups=lookups)))
 
 
+@bench_app.command("dispatch")
+def bench_dispatch(
+    incidents: int = typer.Option(10_000, help="Open incidents to create (distinct matters)."),
+    due: int = typer.Option(1000, help="How many of them fall due during the run."),
+    db: str = typer.Option(
+        "sqlite", help="Ledger database: sqlite (embedded) or postgresql (started for the run)."
+    ),
+    spread_s: float = typer.Option(30.0, help="Seconds over which those deadlines fall due."),
+) -> None:
+    """Incidents/s through fusion, routing and the ledger (beside bare inserts); escalation lag p50/p99."""
+    from gridwatch.bench.dispatch import run_dispatch_bench
+
+    if db not in ("sqlite", "postgresql"):
+        console.print(f"[red]--db: {db!r} is not sqlite or postgresql[/red]")
+        raise typer.Exit(2)
+    print(
+        json.dumps(
+            run_dispatch_bench(incidents=incidents, due=due, db=db, spread_s=spread_s, console=console)
+        )
+    )
+
+
 @bench_app.command("sensors")
 def bench_sensors(
     rates: str = typer.Option(

@@ -56,3 +56,18 @@ def test_bench_city_smoke():
     ).stdout
     r = _last_json(out)
     assert r["grids"] == 279 and r["gridwatch_us_per_lookup"] > 0 and r["raw_us_per_lookup"] > 0
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_bench_dispatch_smoke(db: str):
+    out = subprocess.run(
+        [sys.executable, "-m", "gridwatch.cli", "bench", "dispatch", "--incidents", "150", "--due", "40",
+         "--spread-s", "2", "--db", db],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    r = _last_json(out)
+    assert r["bench"] == "dispatch" and r["db"] == db
+    assert r["open_incidents"] > 100 and r["escalations"] == r["due"] == 40
+    assert r["ratio"] > 0 and r["incidents_per_s"] > 0 and r["raw_inserts_per_s"] > 0
+    assert r["escalation_lag_p99_ms"] >= r["escalation_lag_p50_ms"] >= 0

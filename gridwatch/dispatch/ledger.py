@@ -345,9 +345,8 @@ class Ledger:
             ).scalars()
             for e in ev
         ]
+        # Delivery ids derive from the transition's command id, which is applied once: no duplicates.
         for item in outbox(row, tr, nodes, evidence):
-            if s.get(DeliveryRow, item.delivery_id) is not None:
-                continue
             s.add(
                 DeliveryRow(
                     delivery_id=item.delivery_id,

@@ -35,6 +35,7 @@ from gridwatch.dispatch.ledger import Ledger, UnknownIncident
 from gridwatch.dispatch.machine import Command, CommandKind, IllegalTransition
 from gridwatch.dispatch.push import DeliveryWorker, MqttTeamLink
 from gridwatch.dispatch.routing import NoRoute
+from gridwatch.dispatch.scheduler import deadline_loop, escalation_lag_ms
 from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.kafka import consumer_settings, ensure_topics, make_producer
 from gridwatch.schemas import DeadLetter, DeadLetterReason, IncidentCandidate, TeamFeedback
@@ -207,30 +208,24 @@ class DispatchService:
 
     # --- deadlines ------------------------------------------------------------------------
     async def _scheduler(self, stop: asyncio.Event) -> None:
-        max_sleep = self.cfg.dispatch.scheduler_max_sleep_s
-        while not stop.is_set():
-            try:
-                results = await asyncio.to_thread(self.core.escalate_due)
-                now = self.clock.now_ms()
-                for r in results:
-                    if (
-                        r.transition is not None
-                        and r.transition.changed
-                        and r.transition.kind is CommandKind.ESCALATE
-                    ):
-                        # deadline command ids end with the due time: "deadline:<id>:<level>:<step>:<due_ms>"
-                        self.escalation_lag_ms.append(now - int(r.transition.command_id.rsplit(":", 1)[-1]))
-                if results:
-                    self._wake_deliveries.set()
-                nxt = await asyncio.to_thread(self.ledger.next_due_at)
-            except Exception as e:
-                log.warning("dispatch: deadline pass failed (%s); retrying", type(e).__name__)
-                self.counters["db_retries"] += 1
-                nxt = None
-            wait = max_sleep if nxt is None else min(max_sleep, max(0.0, (nxt - self.clock.now_ms()) / 1000))
-            self._wake_scheduler.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_scheduler.wait(), timeout=wait)
+        def on_results(results: list[Any], now: int) -> None:
+            for r in results:
+                lag = escalation_lag_ms(r, now)
+                if lag is not None:
+                    self.escalation_lag_ms.append(lag)
+            self._wake_deliveries.set()
+
+        def on_error(_e: BaseException) -> None:
+            self.counters["db_retries"] += 1
+
+        await deadline_loop(
+            self.core,
+            stop,
+            self._wake_scheduler,
+            self.cfg.dispatch.scheduler_max_sleep_s,
+            on_results,
+            on_error,
+        )
 
     # --- pushes ---------------------------------------------------------------------------
     async def _deliveries(self, stop: asyncio.Event) -> None:

@@ -26,6 +26,8 @@ app.add_typer(streams_app, name="streams")
 dispatch_app = typer.Typer(help="The dispatch loop: ledger, pushes, deadlines, API.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(dispatch_app, name="dispatch")
+report_app = typer.Typer(help="Reports from the incident ledger.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 console = Console(stderr=True)
 ConfigOpt = typer.Option(
@@ -224,6 +226,43 @@ def dispatch_mqtt_acl(
     from gridwatch.dispatch.mqtt_acl import acl_text
 
     print(acl_text(_load(config).mqtt.topic_prefix, dispatch_user=dispatch_user, bridge_user=bridge_user))
+
+
+@report_app.command("monthly")
+def report_monthly(
+    month: str = typer.Option(..., help="The month, YYYY-MM (the centre's time zone)."),
+    town: str | None = typer.Option(
+        None, help="A town id: rank its grids (default: the district, ranking towns)."
+    ),
+    out: Path = typer.Option(Path("var/reports"), help="Output directory."),
+    config: Path = ConfigOpt,
+    pdf: bool = typer.Option(True, help="Also print a PDF with headless Chromium."),
+) -> None:
+    """The monthly bulletin: KPIs, ranking of towns or grids, charts; HTML and PDF."""
+    cfg = _load(config)
+    from gridwatch.city import CityModel
+    from gridwatch.config import secret_from_env
+    from gridwatch.dispatch.ledger import Ledger
+    from gridwatch.dispatch.report import build_monthly_report, write_pdf
+
+    led = Ledger(
+        cfg.dispatch.ledger_url,
+        password=secret_from_env(cfg.dispatch.ledger_password_env, what="dispatch.ledger_password_env"),
+    )
+    try:
+        rep = build_monthly_report(led, CityModel.load(cfg.city.geojson), month, cfg.site.timezone, town)
+    except (ValueError, KeyError) as e:
+        console.print(f"[red]cannot build the report[/red]: {str(e).strip(chr(39))}")
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bulletin-{rep.scope_id}-{month}"
+    stem.with_suffix(".html").write_text(rep.html, encoding="utf-8")
+    console.print(
+        f"wrote {stem.with_suffix('.html')} ({rep.total.received} incidents, {len(rep.ranking)} ranked)"
+    )
+    if pdf:
+        write_pdf(stem.with_suffix(".html"), stem.with_suffix(".pdf"))
+        console.print(f"wrote {stem.with_suffix('.pdf')}")
 
 
 @app.command("demo")

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from gridwatch.influx import line
 
-__all__ = ["KpiRow", "compute_kpis", "period_starts"]
+__all__ = ["KpiAcc", "KpiRow", "aggregate", "compute_kpis", "period_starts"]
 
 _CLOSED = {"closed", "false_alarm"}
 
@@ -47,7 +47,7 @@ class KpiRow:
 
 
 @dataclass
-class _Acc:
+class KpiAcc:
     received: int = 0
     closed: int = 0
     self_disposed: int = 0
@@ -105,24 +105,31 @@ def period_starts(now_ms: int, timezone: str) -> dict[str, int]:
     return {"today": int(day.timestamp() * 1000), "month": int(day.replace(day=1).timestamp() * 1000)}
 
 
+def aggregate(
+    rows: list[KpiRow], start_ms: int, end_ms: int | None, district_id: str
+) -> dict[tuple[str, str, str], KpiAcc]:
+    """KPIs of incidents received in [start, end), per (scope, node, category)."""
+    acc: dict[tuple[str, str, str], KpiAcc] = defaultdict(KpiAcc)
+    for r in rows:
+        if r.created_at < start_ms or (end_ms is not None and r.created_at >= end_ms):
+            continue
+        scopes = [
+            ("district", district_id),
+            ("town", r.town_id),
+            ("community", r.community_id),
+            ("grid", r.grid_id),
+        ]
+        for scope, node in scopes:
+            if node is not None:
+                acc[(scope, node, "all")].add(r)
+        acc[("district", district_id, r.category)].add(r)
+    return acc
+
+
 def compute_kpis(rows: list[KpiRow], now_ms: int, starts: dict[str, int], district_id: str) -> list[str]:
     lines: list[str] = []
     for period, start in starts.items():
-        acc: dict[tuple[str, str, str], _Acc] = defaultdict(_Acc)
-        for r in rows:
-            if r.created_at < start:
-                continue
-            scopes = [
-                ("district", district_id),
-                ("town", r.town_id),
-                ("community", r.community_id),
-                ("grid", r.grid_id),
-            ]
-            for scope, node in scopes:
-                if node is not None:
-                    acc[(scope, node, "all")].add(r)
-            acc[("district", district_id, r.category)].add(r)
-        for (scope, node, category), a in sorted(acc.items()):
+        for (scope, node, category), a in sorted(aggregate(rows, start, None, district_id).items()):
             lines.append(
                 line(
                     "dispatch_kpi",

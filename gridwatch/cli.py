@@ -28,6 +28,10 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(dispatch_app, name="dispatch")
 report_app = typer.Typer(help="Reports from the incident ledger.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
+cameras_app = typer.Typer(
+    help="Camera workers: RTSP -> detector -> zones and rules -> candidates.", no_args_is_help=True
+)
+app.add_typer(cameras_app, name="cameras")
 
 console = Console(stderr=True)
 ConfigOpt = typer.Option(
@@ -226,6 +230,21 @@ def dispatch_mqtt_acl(
     from gridwatch.dispatch.mqtt_acl import acl_text
 
     print(acl_text(_load(config).mqtt.topic_prefix, dispatch_user=dispatch_user, bridge_user=bridge_user))
+
+
+@cameras_app.command("worker")
+def cameras_worker(
+    config: Path = ConfigOpt, log_level: str = typer.Option("info", help="Log level.")
+) -> None:
+    """Run every configured camera: RTSP -> motion gate -> detector -> tracker, zones, rules -> Kafka."""
+    _logging(log_level)
+    cfg = _load(config)
+    if not cfg.cameras.feeds:
+        console.print("[yellow]no cameras configured (cameras.feeds is empty)[/yellow]")
+        raise typer.Exit(2)
+    from gridwatch.detectors.worker import run_camera_worker
+
+    run_camera_worker(cfg)
 
 
 @report_app.command("monthly")

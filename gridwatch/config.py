@@ -568,6 +568,94 @@ class DispatchConfig(_Model):
         return self
 
 
+# --- cameras (issue 3) ----------------------------------------------------------------------
+def _camera_models() -> tuple[Any, ...]:
+    # Imported here, not at the top: the camera models pull in OpenCV, supervision and onnxruntime.
+    from gridwatch.detectors.base import detector_config_union
+    from gridwatch.detectors.evidence import EvidenceConfig
+    from gridwatch.detectors.motion import MotionConfig
+    from gridwatch.detectors.nanodet import NanoDetConfig
+    from gridwatch.detectors.scene_rules import CameraRulesConfig
+    from gridwatch.ingest.camera_config import CameraSourceConfig
+
+    return (
+        detector_config_union(),
+        EvidenceConfig,
+        MotionConfig,
+        NanoDetConfig,
+        CameraRulesConfig,
+        CameraSourceConfig,
+    )
+
+
+(_DetectorUnion, _EvidenceConfig, _MotionConfig, _NanoDetConfig, _CameraRulesConfig, _CameraSourceConfig) = (
+    _camera_models()
+)
+
+
+class CameraConfig(_Model):
+    """One camera: its stream, where it stands, and the zones its rules watch."""
+
+    source: _CameraSourceConfig = Field(  # type: ignore[valid-type]
+        title="Stream", description="RTSP URL, credentials, analysed frame rate, timeouts."
+    )
+    location: SensorLocation | None = Field(
+        None, title="Location", description="Where the camera stands (for the map and fusion)."
+    )
+    rules: _CameraRulesConfig = Field(  # type: ignore[valid-type]
+        title="Rules", description="Frame size, zones (each mapped to a grid), tracker and background model."
+    )
+    detect: bool = Field(
+        True,
+        title="Object detector",
+        description="Run the object detector on this camera (off: the background-model rules only).",
+    )
+
+    @model_validator(mode="after")
+    def _ids_agree(self) -> CameraConfig:
+        if self.rules.camera.camera_id != self.source.id:
+            raise ValueError(
+                f"rules.camera.camera_id {self.rules.camera.camera_id!r} differs from source.id {self.source.id!r}"
+            )
+        return self
+
+
+class CamerasConfig(_Model):
+    detector: _DetectorUnion = Field(  # type: ignore[valid-type]
+        default_factory=lambda: _NanoDetConfig(),
+        title="Detector",
+        description="The object detector every camera uses (a registered type: `nanodet`, ...).",
+    )
+    motion: _MotionConfig = Field(  # type: ignore[valid-type]
+        default_factory=lambda: _MotionConfig(),
+        title="Motion gate",
+        description="Inference runs when something moves, and at least every `max_interval_s`.",
+    )
+    evidence: _EvidenceConfig = Field(  # type: ignore[valid-type]
+        default_factory=lambda: _EvidenceConfig(directory=Path("var/evidence")),
+        title="Evidence store",
+        description="Where annotated snapshots are written.",
+    )
+    inference_slots: int = Field(
+        0,
+        ge=0,
+        le=64,
+        title="Concurrent inferences",
+        description="How many frames may be in the detector at once across cameras (0: the number of cores).",
+    )
+    health_interval_s: float = Field(5, gt=0, title="Health interval", description="Camera health period.")
+    feeds: list[CameraConfig] = Field(default_factory=list, title="Cameras", description="The cameras.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> CamerasConfig:
+        seen: set[str] = set()
+        for i, c in enumerate(self.feeds):
+            if c.source.id in seen:
+                raise ValueError(f"feeds[{i}].source.id: duplicate camera id {c.source.id!r}")
+            seen.add(c.source.id)
+        return self
+
+
 class SiteConfig(_Model):
     name: str = Field("gridwatch", title="Name", description="Name of the command centre.")
     timezone: str = Field("Asia/Shanghai", title="Time zone", description="Centre's time zone (IANA name).")
@@ -598,6 +686,9 @@ class GridwatchConfig(_Model):
     sensors: list[SensorConfig] = Field(default_factory=list, title="Sensors", description="The registry.")
     dispatch: DispatchConfig = Field(
         default_factory=DispatchConfig, title="Dispatch", description="Fusion, routing, pushes, deadlines."
+    )
+    cameras: CamerasConfig = Field(
+        default_factory=CamerasConfig, title="Cameras", description="Camera feeds, detector, evidence."
     )
     sensor_files: list[Path] = Field(
         default_factory=list,
@@ -743,6 +834,14 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         url = dispatch["ledger_url"]
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
             dispatch["ledger_url"] = "sqlite:///" + str(_resolve(url.removeprefix("sqlite:///"), base))
+    cams = data.get("cameras")
+    if isinstance(cams, dict):
+        ev = cams.get("evidence")
+        if isinstance(ev, dict) and isinstance(ev.get("directory"), str):
+            ev["directory"] = str(_resolve(ev["directory"], base))
+        det = cams.get("detector")
+        if isinstance(det, dict) and isinstance(det.get("model_dir"), str):
+            det["model_dir"] = str(_resolve(det["model_dir"], base))
     for section, key in (("influx", "spill_dir"), ("streams", "data_dir")):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):

@@ -41,7 +41,19 @@ DETECTIONS = KafkaTopic(
     "detection",
 )
 
-ALL_KAFKA_TOPICS: tuple[KafkaTopic, ...] = (SENSOR_READINGS, DEAD_LETTERS, INCIDENT_CANDIDATES, DETECTIONS)
+CAMERA_EVENTS = KafkaTopic(
+    "gridwatch.camera.events",
+    "A camera went down or came back (camera id, time, reason with credentials masked).",
+    "camera_event",
+)
+
+ALL_KAFKA_TOPICS: tuple[KafkaTopic, ...] = (
+    SENSOR_READINGS,
+    DEAD_LETTERS,
+    INCIDENT_CANDIDATES,
+    DETECTIONS,
+    CAMERA_EVENTS,
+)
 
 
 # --- MQTT ----------------------------------------------------------------------------------

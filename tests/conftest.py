@@ -34,6 +34,9 @@ from gridwatch.devservers.tansu import TansuServer
 
 log = logging.getLogger("tests.devservers")
 
+# the simulated RTSP cameras (`rtsp_server`, `footage`) for every test module
+pytest_plugins = ["tests.rtsp_fixtures"]
+
 S = TypeVar("S", bound=DevServer)
 
 SERVER_FIXTURES = frozenset(

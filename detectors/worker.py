@@ -1,0 +1,249 @@
+"""The camera worker: `gridwatch cameras worker`. Every configured camera, one process.
+
+    RTSP --> CameraReader (ingest/camera.py; latest frame, watchdog) --> CameraPipeline (motion gate,
+    detector, tracker, zones, rules, evidence) --> gridwatch.incident.candidates (Kafka)
+    camera up/down --> gridwatch.camera.events (Kafka) + camera_event (InfluxDB)
+    health --> camera_health, pipeline_health (InfluxDB)
+
+One thread per camera runs its pipeline on the newest frame at the camera's analysed rate (a slow
+camera never holds up another: frames are taken, never queued). The detector is shared; a
+semaphore bounds concurrent inferences to the cores. Candidates go through a bounded queue to one
+Kafka producer: while Kafka is away they wait there; if the bound is reached the loss is counted
+(`candidates_dropped`) and logged, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from gridwatch.clock import SYSTEM_CLOCK, Clock
+from gridwatch.codec import encode_event
+from gridwatch.config import CameraConfig, GridwatchConfig
+from gridwatch.detectors.base import Detector, build_detector
+from gridwatch.detectors.evidence import EvidenceStore
+from gridwatch.detectors.pipeline import CameraPipeline
+from gridwatch.influx import InfluxSink, health_lines, line
+from gridwatch.ingest.camera import CameraEvent, CameraReader
+from gridwatch.ingest.camera import health_lines as camera_health_lines
+from gridwatch.kafka import ensure_topics, make_producer
+from gridwatch.schemas import IncidentCandidate, Location
+from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CameraWorker"]
+
+MAX_PENDING = 10_000
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return float(s[min(len(s) - 1, int(q * len(s)))])
+
+
+class CameraWorker:
+    def __init__(
+        self,
+        cfg: GridwatchConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        detector: Detector | None = None,
+        kafka: bool = True,
+        instance: str = "cameras-0",
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.instance = instance
+        cams = cfg.cameras
+        needs_detector = any(f.detect for f in cams.feeds)
+        self.detector = (
+            detector if detector is not None else (build_detector(cams.detector) if needs_detector else None)
+        )
+        self.inference = threading.Semaphore(cams.inference_slots or os.cpu_count() or 1)
+        self.evidence = EvidenceStore(cams.evidence)
+        self.kafka = kafka
+        self.readers: dict[str, CameraReader] = {}
+        self.pipelines: dict[str, CameraPipeline] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: asyncio.Queue[tuple[str, bytes, bytes]] | None = None
+        self.latency_ms: deque[float] = deque(maxlen=5000)
+        self.candidates: list[IncidentCandidate] = []  # the most recent, for tests and the demo
+        self.counters = {
+            "candidates": 0,
+            "candidates_sent": 0,
+            "candidates_dropped": 0,
+            "events": 0,
+            "errors": 0,
+        }
+        for feed in cams.feeds:
+            self._add(feed)
+
+    def _add(self, feed: CameraConfig) -> None:
+        cid = feed.source.id
+        self.readers[cid] = CameraReader(feed.source, clock=self.clock, on_event=self._on_event)
+        loc = Location(lon=feed.location.lon, lat=feed.location.lat) if feed.location else None
+        self.pipelines[cid] = CameraPipeline(
+            feed.rules,
+            self.detector if feed.detect else None,
+            self.cfg.cameras.motion,
+            self.evidence,
+            location=loc,
+            inference=self.inference,
+        )
+
+    # --- threads (one per camera) ------------------------------------------------------------
+    def _camera_loop(self, cid: str) -> None:
+        reader, pipe = self.readers[cid], self.pipelines[cid]
+        while not self._stop.is_set():
+            try:
+                for frame in reader.frames(self._stop):
+                    step = pipe.process(frame.image, frame.ts_ms)
+                    for c in step.candidates:
+                        self._emit_candidate(c, frame.ts_ms)
+            except Exception:  # a bug on one camera must not stop the others: log, count, go on
+                self.counters["errors"] += 1
+                log.exception("camera %s: pipeline error; continuing", cid)
+                time.sleep(1.0)
+
+    def _emit_candidate(self, c: IncidentCandidate, frame_ts_ms: int) -> None:
+        self.counters["candidates"] += 1
+        self.latency_ms.append(float(self.clock.now_ms() - frame_ts_ms))
+        self.candidates.append(c)
+        del self.candidates[:-100]
+        log.info("camera %s: candidate %s %s in zone %s (%s)", c.source_id, c.category.value, c.candidate_id,
+                 c.details.get("zone_id"), c.summary)  # fmt: skip
+        self._enqueue(INCIDENT_CANDIDATES.name, c.source_id.encode(), encode_event(c))
+
+    def _on_event(self, ev: CameraEvent) -> None:  # camera threads: quick, non-blocking
+        self.counters["events"] += 1
+        if ev.kind == "up":
+            pipe = self.pipelines.get(ev.camera_id)
+            if pipe is not None:
+                pipe.reset()
+        self._enqueue(CAMERA_EVENTS.name, ev.camera_id.encode(), ev.model_dump_json().encode())
+        if self._influx is not None and self._loop is not None:
+            ln = line(
+                "camera_event",
+                {"camera_id": ev.camera_id, "kind": ev.kind},
+                {"reason": ev.reason[:200]},
+                ev.ts_ms,
+            )
+            self._loop.call_soon_threadsafe(self._influx.write, [ln])
+
+    def _enqueue(self, topic: str, key: bytes, value: bytes) -> None:
+        loop, q = self._loop, self._pending
+        if loop is None or q is None or not self.kafka:
+            return
+
+        def put() -> None:
+            try:
+                q.put_nowait((topic, key, value))
+            except asyncio.QueueFull:
+                self.counters["candidates_dropped"] += 1
+                log.error(
+                    "camera worker: %d records waiting for Kafka; dropping one for %s (counted)",
+                    MAX_PENDING,
+                    topic,
+                )
+
+        loop.call_soon_threadsafe(put)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    _influx: InfluxSink | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pending = asyncio.Queue(maxsize=MAX_PENDING)
+        if self.kafka:
+            await ensure_topics(self.cfg.kafka)
+        self._influx = InfluxSink(self.cfg.influx, clock=self.clock, name="cameras")
+        await self._influx.start()
+        producer = make_producer(self.cfg.kafka) if self.kafka else None
+        if producer is not None:
+            await producer.start()
+        for cid, reader in self.readers.items():
+            reader.start()
+            t = threading.Thread(target=self._camera_loop, args=(cid,), name=f"camera-{cid}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("cameras: ready (%d cameras, detector %s)", len(self.readers),
+                 self.detector.model_version if self.detector else "none")  # fmt: skip
+        tasks = [asyncio.create_task(self._health(stop))]
+        if producer is not None:
+            tasks.append(asyncio.create_task(self._send(producer, stop)))
+        try:
+            await stop.wait()
+        finally:
+            self._stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for reader in self.readers.values():
+                await asyncio.to_thread(reader.stop)
+            for t in self._threads:
+                await asyncio.to_thread(t.join, 5)
+            if producer is not None:
+                await producer.stop()
+            await self._influx.close()
+            if self.detector is not None:
+                self.detector.close()
+
+    async def _send(self, producer: Any, stop: asyncio.Event) -> None:
+        assert self._pending is not None
+        while not stop.is_set():
+            topic, key, value = await self._pending.get()
+            delay = 0.5
+            while True:
+                try:
+                    await producer.send_and_wait(topic, value, key=key)
+                    if topic == INCIDENT_CANDIDATES.name:
+                        self.counters["candidates_sent"] += 1
+                    break
+                except Exception as e:  # Kafka away: keep it, retry with backoff
+                    log.warning(
+                        "camera worker: Kafka send failed (%s); retrying in %.1fs", type(e).__name__, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+    def stats(self) -> dict[str, Any]:
+        s: dict[str, Any] = dict(self.counters)
+        lat = list(self.latency_ms)
+        s["latency_p50_ms"] = _pct(lat, 0.5)
+        s["latency_p99_ms"] = _pct(lat, 0.99)
+        s["frames"] = sum(p.stats.frames for p in self.pipelines.values())
+        s["inferences"] = sum(p.stats.inferences for p in self.pipelines.values())
+        s["pending"] = self._pending.qsize() if self._pending is not None else 0
+        return s
+
+    async def _health(self, stop: asyncio.Event) -> None:
+        assert self._influx is not None
+        while not stop.is_set():
+            now = self.clock.now_ms()
+            lines = camera_health_lines([r.health() for r in self.readers.values()], now)
+            lines += health_lines("cameras", self.instance, self.stats(), now)
+            self._influx.write(lines)
+            await asyncio.sleep(self.cfg.cameras.health_interval_s)
+
+
+def run_camera_worker(cfg: GridwatchConfig) -> None:
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await CameraWorker(cfg).run(stop)
+
+    asyncio.run(main())

@@ -76,7 +76,8 @@ class CameraWorker:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Queue[tuple[str, bytes, bytes]] | None = None
-        self.latency_ms: deque[float] = deque(maxlen=5000)
+        self.latency_ms: deque[float] = deque(maxlen=5000)  # frame capture -> candidate emitted
+        self.frame_latency_ms: deque[float] = deque(maxlen=20000)  # frame capture -> analysis done
         self.candidates: list[IncidentCandidate] = []  # the most recent, for tests and the demo
         self.counters = {
             "candidates": 0,
@@ -108,6 +109,7 @@ class CameraWorker:
             try:
                 for frame in reader.frames(self._stop):
                     step = pipe.process(frame.image, frame.ts_ms)
+                    self.frame_latency_ms.append(float(self.clock.now_ms() - frame.ts_ms))
                     for c in step.candidates:
                         self._emit_candidate(c, frame.ts_ms)
             except Exception:  # a bug on one camera must not stop the others: log, count, go on
@@ -221,6 +223,9 @@ class CameraWorker:
         lat = list(self.latency_ms)
         s["latency_p50_ms"] = _pct(lat, 0.5)
         s["latency_p99_ms"] = _pct(lat, 0.99)
+        flat = list(self.frame_latency_ms)
+        s["frame_latency_p50_ms"] = _pct(flat, 0.5)
+        s["frame_latency_p99_ms"] = _pct(flat, 0.99)
         s["frames"] = sum(p.stats.frames for p in self.pipelines.values())
         s["inferences"] = sum(p.stats.inferences for p in self.pipelines.values())
         s["pending"] = self._pending.qsize() if self._pending is not None else 0

@@ -330,6 +330,19 @@ def bench_dispatch(
     )
 
 
+@bench_app.command("cameras")
+def bench_cameras(
+    cameras: str = typer.Option("4,8,12,16,20", help="Camera counts to try, comma-separated (a ladder)."),
+    fps: float = typer.Option(1.0, help="Analysed frames per second per camera."),
+    duration: float = typer.Option(20.0, help="Seconds measured per step (after warm-up)."),
+) -> None:
+    """How many 640x480 25 fps RTSP cameras this machine analyses at --fps, beside a decode+gate+inference loop."""
+    from gridwatch.bench.cameras import run_cameras_bench
+
+    counts = [int(c) for c in cameras.split(",")]
+    print(json.dumps(run_cameras_bench(cameras=counts, fps=fps, duration_s=duration, console=console)))
+
+
 @bench_app.command("sensors")
 def bench_sensors(
     rates: str = typer.Option(

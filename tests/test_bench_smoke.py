@@ -71,3 +71,19 @@ def test_bench_dispatch_smoke(db: str):
     assert r["open_incidents"] > 100 and r["escalations"] == r["due"] == 40
     assert r["ratio"] > 0 and r["incidents_per_s"] > 0 and r["raw_inserts_per_s"] > 0
     assert r["escalation_lag_p99_ms"] >= r["escalation_lag_p50_ms"] >= 0
+
+
+@pytest.mark.servers
+def test_bench_cameras_smoke(footage):
+    out = subprocess.run(
+        [sys.executable, "-m", "gridwatch.cli", "bench", "cameras", "--cameras", "1,2", "--duration", "3"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    r = _last_json(out)
+    assert r["bench"] == "cameras" and [row["gridwatch"]["cameras"] for row in r["ladder"]] == [1, 2]
+    for row in r["ladder"]:
+        g = row["gridwatch"]
+        assert g["fps_mean"] > 0 and g["inferences"] > 0
+        assert g["frame_latency_p99_ms"] >= g["frame_latency_p50_ms"] > 0
+        assert row["raw"]["fps_mean"] > 0
+    assert r["max_cameras_raw"] >= 1 and r["ratio"] is not None

@@ -218,6 +218,10 @@ class _ZoneRule:
     ) -> list[IncidentCandidate]:
         raise NotImplementedError
 
+    def occupied(self) -> bool:
+        """Whether an episode this rule raised is still going on (closure verification asks)."""
+        raise NotImplementedError
+
 
 class GatheringRule(_ZoneRule):
     """More than `max_people` people (or density over `max_density_per_m2`) held for `dwell_s`."""
@@ -231,6 +235,9 @@ class GatheringRule(_ZoneRule):
         self.zone = z
         self.cond = HeldCondition(z.dwell_s, z.hold_fraction, z.max_dip_s, z.clear_s)
         self._max_count = 0
+
+    def occupied(self) -> bool:
+        return self.cond.active
 
     def _over(self, count: int) -> bool:
         z = self.zone
@@ -306,6 +313,10 @@ class RoadBlockageRule(_ZoneRule):
         self.occupancy = (
             HeldCondition(z.dwell_s, z.hold_fraction, z.max_dip_s, z.clear_s) if z.occupancy_above else None
         )
+
+    def occupied(self) -> bool:
+        still = any(o.episode_id is not None for o in self.registry.objects.values())
+        return still or bool(self.occupancy is not None and self.occupancy.active)
 
     def step(
         self, ts_ms: int, detections: sv.Detections, static: StaticForeground | None = None
@@ -410,6 +421,9 @@ class DumpingRule(_ZoneRule):
         self.registry = StillObjectRegistry(forget_s=z.clear_s)
         self.episodes: list[_LeftEpisode] = []
         self.visits: deque[int] = deque()
+
+    def occupied(self) -> bool:
+        return bool(self.episodes)
 
     def step(
         self, ts_ms: int, detections: sv.Detections, static: StaticForeground | None = None
@@ -585,6 +599,13 @@ class CameraRules:
         self.tracker = Tracker(cfg.tracker)
         needs_bg = any(isinstance(z, NoDumpingZone) for z in cam.zones)
         self.background = DualBackground(cfg.background) if needs_bg else None
+
+    def zone_occupied(self, zone_id: str) -> bool:
+        """Whether the rule of `zone_id` still sees the episode it raised (KeyError: no such zone)."""
+        for g, rule in zip(self.geometries, self.rules, strict=True):
+            if g.zone.id == zone_id:
+                return rule.occupied()
+        raise KeyError(f"camera {self.cfg.camera.camera_id} has no zone {zone_id!r}")
 
     def step(
         self, ts_ms: int, frame: np.ndarray | None = None, detections: sv.Detections | None = None

@@ -23,17 +23,18 @@ from collections import deque
 from typing import Any
 
 from gridwatch.clock import SYSTEM_CLOCK, Clock
-from gridwatch.codec import encode_event
+from gridwatch.codec import decode_event, encode_event
 from gridwatch.config import CameraConfig, GridwatchConfig
 from gridwatch.detectors.base import Detector, build_detector
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.pipeline import CameraPipeline
+from gridwatch.detectors.verification import ZoneVerification
 from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.ingest.camera import CameraEvent, CameraReader
 from gridwatch.ingest.camera import health_lines as camera_health_lines
-from gridwatch.kafka import ensure_topics, make_producer
-from gridwatch.schemas import IncidentCandidate, Location
-from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES
+from gridwatch.kafka import consumer_settings, ensure_topics, make_producer
+from gridwatch.schemas import IncidentCandidate, IncidentCommandEvent, Location, VerifyRequest
+from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES, INCIDENT_COMMANDS, VERIFY_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class CameraWorker:
         self.latency_ms: deque[float] = deque(maxlen=5000)  # frame capture -> candidate emitted
         self.frame_latency_ms: deque[float] = deque(maxlen=20000)  # frame capture -> analysis done
         self.candidates: list[IncidentCandidate] = []  # the most recent, for tests and the demo
+        self.verifications: dict[str, list[ZoneVerification]] = {}
+        self.verified: list[tuple[str, bool]] = []
+        self._verify_lock = threading.Lock()
         self.counters = {
             "candidates": 0,
             "candidates_sent": 0,
@@ -110,12 +114,91 @@ class CameraWorker:
                 for frame in reader.frames(self._stop):
                     step = pipe.process(frame.image, frame.ts_ms)
                     self.frame_latency_ms.append(float(self.clock.now_ms() - frame.ts_ms))
+                    if self.verifications.get(cid):
+                        self._verify(cid, pipe, frame.ts_ms)
                     for c in step.candidates:
                         self._emit_candidate(c, frame.ts_ms)
             except Exception:  # a bug on one camera must not stop the others: log, count, go on
                 self.counters["errors"] += 1
                 log.exception("camera %s: pipeline error; continuing", cid)
                 time.sleep(1.0)
+
+    # --- closure verification (dispatch asks; this camera answers) ------------------------------
+    def add_verification(self, req: VerifyRequest) -> bool:
+        """Watch a zone for a resolved incident; False if this worker does not have the camera/zone."""
+        pipe = self.pipelines.get(req.camera_id)
+        if pipe is None:
+            return False
+        if req.zone_id not in {z.id for z in pipe.zones}:
+            log.warning(
+                "camera %s: cannot verify %s: no zone %r", req.camera_id, req.incident_id, req.zone_id
+            )
+            return False
+        with self._verify_lock:
+            pending = self.verifications.setdefault(req.camera_id, [])
+            if any(v.incident_id == req.incident_id and v.result is None for v in pending):
+                return True  # a redelivered request
+            v = ZoneVerification(
+                req.incident_id, req.zone_id, req.requested_at, int(req.clear_s * 1000), int(req.timeout_s * 1000),
+                req.resolution,
+            )  # fmt: skip
+            pending.append(v)
+        log.info(
+            "camera %s: verifying incident %s (zone %s clear for %g s)",
+            req.camera_id,
+            req.incident_id,
+            req.zone_id,
+            req.clear_s,
+        )
+        return True
+
+    def _verify(self, cid: str, pipe: CameraPipeline, ts_ms: int) -> None:
+        with self._verify_lock:
+            pending = list(self.verifications.get(cid, ()))
+        for v in pending:
+            if v.update(ts_ms, pipe.rules.zone_occupied(v.zone_id)) is None:
+                continue
+            with self._verify_lock:
+                self.verifications[cid].remove(v)
+            ok = bool(v.result)
+            note = (f"zone {v.zone_id} clear for {v.clear_ms / 1000:g} s" if ok
+                    else f"zone {v.zone_id} still occupied {(ts_ms - v.requested_at) / 1000:.0f} s after resolution")  # fmt: skip
+            ev = IncidentCommandEvent(
+                command_id=f"camverify:{v.incident_id}:{v.resolution}",
+                incident_id=v.incident_id, command="verify", actor="camera", by=cid, params={"ok": ok, "note": note},
+            )  # fmt: skip
+            self.verified.append((v.incident_id, ok))
+            log.info(
+                "camera %s: incident %s %s (%s)",
+                cid,
+                v.incident_id,
+                "verified" if ok else "NOT verified",
+                note,
+            )
+            self._enqueue(INCIDENT_COMMANDS.name, v.incident_id.encode(), encode_event(ev))
+
+    async def _verify_requests(self, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            VERIFY_REQUESTS.name, **consumer_settings(self.cfg.kafka, f"gridwatch-cameras-{self.instance}")
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=300, max_records=100)
+                for tp, records in batch.items():
+                    for rec in records:
+                        try:
+                            self.add_verification(decode_event(rec.value, VerifyRequest))
+                        except Exception as e:  # not ours to dead-letter here: log and count
+                            self.counters["errors"] += 1
+                            log.warning(
+                                "camera worker: bad verify request at %s/%d: %s", tp.topic, rec.offset, e
+                            )
+                    await consumer.commit({tp: records[-1].offset + 1})
+        finally:
+            await consumer.stop()
 
     def _emit_candidate(self, c: IncidentCandidate, frame_ts_ms: int) -> None:
         self.counters["candidates"] += 1
@@ -183,6 +266,7 @@ class CameraWorker:
         tasks = [asyncio.create_task(self._health(stop))]
         if producer is not None:
             tasks.append(asyncio.create_task(self._send(producer, stop)))
+            tasks.append(asyncio.create_task(self._verify_requests(stop)))
         try:
             await stop.wait()
         finally:

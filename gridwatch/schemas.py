@@ -274,6 +274,36 @@ class TeamFeedback(_Schema):
     to_node: str | None = Field(None, max_length=64, title="Transfer to", description="Node id (transfer).")
 
 
+class VerifyRequest(_Schema):
+    """Dispatch asks a camera to verify a resolved incident (Kafka `gridwatch.incident.verify`)."""
+
+    schema_name: ClassVar[str] = "verify_request"
+    version: ClassVar[int] = 1
+
+    incident_id: str = Field(title="Incident", description="Incident id.")
+    camera_id: str = Field(title="Camera", description="The camera that saw it.")
+    zone_id: str = Field(title="Zone", description="The zone its candidate came from.")
+    category: str = Field(title="Category", description="Kind of matter.")
+    clear_s: float = Field(gt=0, title="Clear for", description="The zone must stay clear this long.")
+    timeout_s: float = Field(gt=0, title="Timeout", description="Still there after this long: not verified.")
+    requested_at: EpochMs = Field(title="Requested at", description="When the incident was resolved.")
+    resolution: str = Field(title="Resolution", description="Id of the resolve command (dedupe key).")
+
+
+class IncidentCommandEvent(_Schema):
+    """A command for dispatch from another service (cameras' verifications) on Kafka."""
+
+    schema_name: ClassVar[str] = "incident_command"
+    version: ClassVar[int] = 1
+
+    command_id: str = Field(title="Command id", description="Unique; a replay is applied once.")
+    incident_id: str = Field(title="Incident", description="Incident id.")
+    command: Literal["verify"] = Field(title="Command", description="What to do.")
+    actor: Literal["camera"] = Field(title="Actor", description="Who asks.")
+    by: str = Field(title="By", description="Camera id.")
+    params: dict[str, Any] = Field(default_factory=dict, title="Parameters", description="e.g. ok, note.")
+
+
 # --- dead letters ---------------------------------------------------------------------------
 class DeadLetterReason(StrEnum):
     OVERSIZE = "oversize"
@@ -346,5 +376,7 @@ ALL_SCHEMAS: tuple[type[_Schema], ...] = (
     IncidentCandidate,
     TeamAlert,
     TeamFeedback,
+    VerifyRequest,
+    IncidentCommandEvent,
     DeadLetter,
 )

@@ -47,12 +47,25 @@ CAMERA_EVENTS = KafkaTopic(
     "camera_event",
 )
 
+VERIFY_REQUESTS = KafkaTopic(
+    "gridwatch.incident.verify",
+    "Dispatch asks the camera that saw a resolved incident to verify the zone is clear.",
+    "verify_request",
+)
+INCIDENT_COMMANDS = KafkaTopic(
+    "gridwatch.incident.commands",
+    "Commands for dispatch from other services (a camera's verification result).",
+    "incident_command",
+)
+
 ALL_KAFKA_TOPICS: tuple[KafkaTopic, ...] = (
     SENSOR_READINGS,
     DEAD_LETTERS,
     INCIDENT_CANDIDATES,
     DETECTIONS,
     CAMERA_EVENTS,
+    VERIFY_REQUESTS,
+    INCIDENT_COMMANDS,
 )
 
 

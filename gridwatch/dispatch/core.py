@@ -47,7 +47,7 @@ class DispatchCore:
         self.clock = clock
         self.router = Router(cfg.dispatch, city, cfg.site.timezone)
         self.fusion = FusionIndex(cfg.dispatch.fusion)
-        self.outbox = build_outbox(cfg.dispatch.push)
+        self.outbox = build_outbox(cfg.dispatch.push, cfg.dispatch.verify_clear_s)
         self.stats = DispatchStats()
         # Fusion decides on the index and then stores: one candidate at a time.
         self._fuse_lock = threading.Lock()

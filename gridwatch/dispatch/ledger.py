@@ -71,9 +71,12 @@ class OutboxItem:
     payload: dict[str, Any]
 
 
-Outbox = Callable[[IncidentRow, TransitionRow, tuple[str, ...], list[dict[str, Any]]], list[OutboxItem]]
-"""Builds the pushes a transition causes (gridwatch/dispatch/push.py):
-(incident, transition, nodes to tell, the incident's evidence references)."""
+Outbox = Callable[
+    [IncidentRow, TransitionRow, tuple[str, ...], list[dict[str, Any]], list[dict[str, Any]]],
+    list[OutboxItem],
+]
+"""Builds the pushes a transition causes (gridwatch/dispatch/push.py): (incident, transition, nodes
+to tell, the incident's evidence references, its sources (kind, id, zone))."""
 
 
 @dataclass(frozen=True)
@@ -336,17 +339,24 @@ class Ledger:
         outbox: Outbox,
         now_ms: int,
     ) -> None:
-        evidence = [
-            e
-            for ev in s.execute(
-                select(IncidentSourceRow.evidence)
-                .where(IncidentSourceRow.incident_id == row.incident_id)
-                .order_by(IncidentSourceRow.observed_at, IncidentSourceRow.candidate_id)
-            ).scalars()
-            for e in ev
-        ]
+        evidence: list[dict[str, Any]] = []
+        sources: list[dict[str, Any]] = []
+        for src in s.execute(
+            select(IncidentSourceRow)
+            .where(IncidentSourceRow.incident_id == row.incident_id)
+            .order_by(IncidentSourceRow.observed_at, IncidentSourceRow.candidate_id)
+        ).scalars():
+            evidence.extend(src.evidence)
+            details = (src.candidate or {}).get("details") or {}
+            sources.append(
+                {
+                    "source_kind": src.source_kind,
+                    "source_id": src.source_id,
+                    "zone_id": details.get("zone_id"),
+                }
+            )
         # Delivery ids derive from the transition's command id, which is applied once: no duplicates.
-        for item in outbox(row, tr, nodes, evidence):
+        for item in outbox(row, tr, nodes, evidence, sources):
             s.add(
                 DeliveryRow(
                     delivery_id=item.delivery_id,
@@ -394,8 +404,7 @@ class Ledger:
                 tr.to_state.value, tr.from_node, tr.to_node, now_ms, tr.note, True,
                 {k: v for k, v in cmd.params.items() if k != "token"},
             )  # fmt: skip
-            if tr.notify:
-                self._add_outbox(s, row, trow, tr.notify, outbox, now_ms)
+            self._add_outbox(s, row, trow, tr.notify, outbox, now_ms)
             return ApplyResult(after, tr, False)
 
     # --- queries --------------------------------------------------------------------------

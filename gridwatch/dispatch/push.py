@@ -28,7 +28,7 @@ from gridwatch.city import CityModel
 from gridwatch.config import MqttConfig, PushConfig, WebhookConfig, secret_from_env
 from gridwatch.dispatch.ledger import Ledger, Outbox, OutboxItem
 from gridwatch.dispatch.models import DeliveryRow, IncidentRow, TransitionRow
-from gridwatch.schemas import AlertAction, EvidenceRef, Location, TeamAlert
+from gridwatch.schemas import AlertAction, EvidenceRef, Location, TeamAlert, VerifyRequest
 from gridwatch.topics import team_alert_topic
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,40 @@ def _event_for(tr: TransitionRow, node: str) -> str:
     return "dispatched"
 
 
-def build_outbox(push: PushConfig) -> Outbox:
-    """The `Outbox` the ledger calls: one MQTT alert per node, plus matching webhooks."""
+def build_outbox(push: PushConfig, verify_clear_s: float = 60.0) -> Outbox:
+    """The `Outbox` the ledger calls: one MQTT alert per node, plus matching webhooks; and for a
+    resolved camera incident, a verification request to the camera that saw it."""
 
     def outbox(
-        row: IncidentRow, tr: TransitionRow, nodes: tuple[str, ...], evidence_refs: list[dict[str, Any]]
+        row: IncidentRow,
+        tr: TransitionRow,
+        nodes: tuple[str, ...],
+        evidence_refs: list[dict[str, Any]],
+        sources: list[dict[str, Any]],
     ) -> list[OutboxItem]:
         items: list[OutboxItem] = []
+        if tr.kind == "resolve":
+            cam = next((x for x in sources if x["source_kind"] == "camera" and x.get("zone_id")), None)
+            if cam is not None:
+                req = VerifyRequest(
+                    incident_id=row.incident_id,
+                    camera_id=cam["source_id"],
+                    zone_id=cam["zone_id"],
+                    category=row.category,
+                    clear_s=verify_clear_s,
+                    timeout_s=verify_clear_s * 3,
+                    requested_at=tr.at_ms,
+                    resolution=tr.command_id,
+                )
+                items.append(
+                    OutboxItem(
+                        f"{tr.command_id}>{cam['source_id']}#verify",
+                        cam["source_id"],
+                        "camera-verify",
+                        "verify_request",
+                        req.model_dump(mode="json"),
+                    )  # fmt: skip
+                )
         evidence = [EvidenceRef(**e) for e in evidence_refs[:10]]
         loc = Location(lon=row.lon, lat=row.lat) if row.lon is not None and row.lat is not None else None
         for node in dict.fromkeys(nodes):
@@ -263,7 +290,9 @@ class DeliveryWorker:
         now_ms: Callable[[], int],
         city: CityModel | None = None,
         http: httpx.Client | None = None,
+        verify_sender: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        self.verify_sender = verify_sender
         self.ledger = ledger
         self.push = push
         self.prefix = topic_prefix
@@ -281,6 +310,11 @@ class DeliveryWorker:
         return int(delay * 1000 * random.uniform(0.8, 1.2))
 
     def send(self, d: DeliveryRow) -> None:
+        if d.channel == "camera-verify":
+            if self.verify_sender is None:
+                raise ConnectionError("no Kafka producer for camera verification requests")
+            self.verify_sender(d.payload)
+            return
         if d.channel == "mqtt":
             if self.mqtt is None:
                 raise ConnectionError("no MQTT publisher configured")

@@ -38,10 +38,19 @@ from gridwatch.dispatch.routing import NoRoute
 from gridwatch.dispatch.scheduler import deadline_loop, escalation_lag_ms
 from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.kafka import consumer_settings, ensure_topics, make_producer
-from gridwatch.schemas import DeadLetter, DeadLetterReason, IncidentCandidate, TeamFeedback
+from gridwatch.schemas import (
+    DeadLetter,
+    DeadLetterReason,
+    IncidentCandidate,
+    IncidentCommandEvent,
+    TeamFeedback,
+    VerifyRequest,
+)
 from gridwatch.topics import (
     DEAD_LETTERS,
     INCIDENT_CANDIDATES,
+    INCIDENT_COMMANDS,
+    VERIFY_REQUESTS,
     parse_team_topic,
     team_feedback_result_topic,
     team_feedback_subscription,
@@ -113,9 +122,22 @@ class DispatchService:
         await self.influx.start()
         self.producer = make_producer(self.cfg.kafka)
         await self.producer.start()
+        loop = asyncio.get_running_loop()
+
+        def send_verify_request(payload: dict[str, Any]) -> None:  # delivery thread -> Kafka
+            req = VerifyRequest.model_validate(payload)
+            fut = asyncio.run_coroutine_threadsafe(
+                self.producer.send_and_wait(
+                    VERIFY_REQUESTS.name, encode_event(req), key=req.camera_id.encode()
+                ),
+                loop,
+            )
+            fut.result(timeout=15)
+
         self.delivery = DeliveryWorker(
-            self.ledger, self.cfg.dispatch.push, self.prefix, self.link, self.clock.now_ms, self.city
-        )
+            self.ledger, self.cfg.dispatch.push, self.prefix, self.link, self.clock.now_ms, self.city,
+            verify_sender=send_verify_request,
+        )  # fmt: skip
         tasks = [
             asyncio.create_task(self._consume(stop), name="consume"),
             asyncio.create_task(self._scheduler(stop), name="scheduler"),
@@ -146,7 +168,9 @@ class DispatchService:
     # --- candidates from Kafka ------------------------------------------------------------
     async def _consume(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
-            INCIDENT_CANDIDATES.name, **consumer_settings(self.cfg.kafka, self.cfg.dispatch.consumer_group)
+            INCIDENT_CANDIDATES.name,
+            INCIDENT_COMMANDS.name,
+            **consumer_settings(self.cfg.kafka, self.cfg.dispatch.consumer_group),
         )
         await consumer.start()
         try:
@@ -160,8 +184,11 @@ class DispatchService:
             await consumer.stop()
 
     async def _handle_record(self, tp: TopicPartition, offset: int, raw: bytes) -> None:
-        self.counters["candidates_in"] += 1
         origin = f"{tp.topic}/{tp.partition}/{offset}"
+        if tp.topic == INCIDENT_COMMANDS.name:
+            await self._handle_command(origin, raw)
+            return
+        self.counters["candidates_in"] += 1
         try:
             cand = decode_event(raw, IncidentCandidate)
         except Exception as e:
@@ -180,6 +207,36 @@ class DispatchService:
                 log.warning(
                     "dispatch: storing candidate %s failed (%s); retrying in %.1fs",
                     cand.candidate_id,
+                    type(e).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._wake_deliveries.set()
+        self._wake_scheduler.set()
+
+    async def _handle_command(self, origin: str, raw: bytes) -> None:
+        """A camera's verification result (or another service's command) -> the state machine."""
+        try:
+            ev = decode_event(raw, IncidentCommandEvent)
+        except Exception as e:
+            await self._dead_letter(origin, raw, DeadLetterReason.UNDECODABLE_RECORD, str(e)[:500])
+            return
+        cmd = Command(ev.command_id, CommandKind(ev.command), ev.actor, ev.by, None, ev.params)
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.to_thread(self.core.command, ev.incident_id, cmd)
+                break
+            except (IllegalTransition, UnknownIncident) as e:
+                # e.g. a supervisor verified first: the camera's answer is late, recorded as a dead letter
+                await self._dead_letter(origin, raw, DeadLetterReason.BAD_COMMAND, str(e))
+                return
+            except Exception as e:  # database away
+                self.counters["db_retries"] += 1
+                log.warning(
+                    "dispatch: command %s failed (%s); retrying in %.1fs",
+                    ev.command_id,
                     type(e).__name__,
                     delay,
                 )

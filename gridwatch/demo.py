@@ -32,6 +32,7 @@ from rich.table import Table
 from gridwatch.city import CityModel
 from gridwatch.codec import DecodeError, decode_event
 from gridwatch.config import SensorConfig, demo_config_path, load_config
+from gridwatch.demo_cameras import demo_camera_overrides, footage_missing, start_demo_cameras
 from gridwatch.demo_dispatch import DemoTeams, demo_dispatch_overrides, dispatch_summary, ledger_incidents
 from gridwatch.devservers.stack import DevStack
 from gridwatch.localrun import LocalPipeline, read_topic
@@ -212,16 +213,31 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
     t0 = time.monotonic()
     with console.status("starting mosquitto, Tansu (Kafka protocol) and InfluxDB 1.6 ..."):
         stack = DevStack(workdir / "servers").start()
+    rtsp = None
     try:
-        with console.status("starting the MQTT -> Kafka bridge, a Faust stream worker and dispatch ..."):
-            overrides = {
-                "bridge": {"health_interval_s": 2},
-                **demo_dispatch_overrides(load_config(demo_config_path())),
-            }
+        why = footage_missing()
+        if why is None:
+            with console.status("starting two simulated RTSP cameras (gst-rtsp-server, real footage) ..."):
+                try:
+                    rtsp = start_demo_cameras(workdir / "servers")
+                except Exception as e:  # the demo still shows the sensor and dispatch loop
+                    why = f"RTSP server could not start: {e}"
+        if why:
+            console.print(f"[yellow]cameras skipped[/yellow]: {why}")
+        with console.status(
+            "starting the MQTT -> Kafka bridge, a Faust stream worker, dispatch and cameras ..."
+        ):
+            base = load_config(demo_config_path())
+            overrides = {"bridge": {"health_interval_s": 2}, **demo_dispatch_overrides(base)}
+            if rtsp is not None:
+                city_model = CityModel.load(base.city.geojson)
+                overrides |= demo_camera_overrides(rtsp, city_model, workdir / "evidence")
             pipe = LocalPipeline(stack, workdir, overrides=overrides)
             pipe.start_bridge()
             pipe.start_streams()
             pipe.start_dispatch()
+            if rtsp is not None:
+                pipe.start_cameras()
             teams = DemoTeams(pipe)
         e = stack.endpoints
         console.print(
@@ -271,7 +287,12 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
                     silent_seen = feed.silent_sensor is None or any(
                         c.rule == "silence" and c.source_id == feed.silent_sensor.id for c in cands
                     )
-                    loop_done = bool(incs) and all(i["state"] == "closed" for i in incs)
+                    # sensor incidents close; a camera incident is done once its camera has verified it
+                    # (closed, or reopened because the crowd or the van is still there)
+                    loop_done = bool(incs) and all(
+                        i["state"] == "closed" or (i["source_kind"] == "camera" and i["reopened"] >= 1)
+                        for i in incs
+                    )
                     if (
                         stored >= feed.published and silent_seen and loop_done
                     ) or time.monotonic() > settle_deadline:
@@ -284,7 +305,7 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
             raise feed.error
         code = _summary(console, pipe, feed, cands, stored, time.monotonic() - t0)
         time.sleep(2.5)  # one more KPI pass after the last closure
-        if not dispatch_summary(console, pipe, teams):
+        if not dispatch_summary(console, pipe, teams, cameras=rtsp is not None):
             console.print(
                 "[red]the dispatch loop did not complete: see dispatch.log in[/red] " + str(pipe.workdir)
             )
@@ -300,6 +321,8 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
         pipe.stop()
         return code
     finally:
+        if rtsp is not None:
+            rtsp.stop()
         stack.stop()
 
 

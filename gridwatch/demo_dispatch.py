@@ -36,7 +36,14 @@ def demo_dispatch_overrides(cfg: GridwatchConfig) -> dict[str, Any]:
         d["calendar"] = "always"
         d["deadlines"] = {lvl: dict(DEMO_DEADLINES) for lvl in ("grid", "community", "town", "district")}
         triggers.append(d)
-    return {"dispatch": {"triggers": triggers, "kpi_interval_s": 2, "scheduler_max_sleep_s": 0.2}}
+    return {
+        "dispatch": {
+            "triggers": triggers,
+            "kpi_interval_s": 2,
+            "scheduler_max_sleep_s": 0.2,
+            "verify_clear_s": 5,
+        }
+    }
 
 
 def _silent(incident_id: str) -> bool:
@@ -98,10 +105,13 @@ class DemoTeams:
             self._later(3.5, self._send, node, iid, "resolve", note="处理完毕 handled")
 
     def _supervisor(self) -> None:
-        """Verifies resolved incidents through the API (closure verification by a supervisor)."""
+        """Verifies resolved incidents through the API (closure verification by a supervisor), except
+        camera incidents: the camera that saw them verifies those."""
         while not self._stop.wait(1.0):
             try:
                 for inc in self.http.get("/api/v1/incidents", params={"state": "resolved"}).json():
+                    if inc["source_kind"] == "camera":
+                        continue  # the camera that saw it verifies it
                     r = self.http.post(
                         f"/api/v1/incidents/{inc['incident_id']}/verify",
                         json={"command_id": f"demo-verify-{inc['incident_id']}-{inc['version']}", "ok": True},
@@ -149,16 +159,17 @@ def deliveries_by_status(pipe: LocalPipeline) -> Counter[str]:
         engine.dispose()
 
 
-def dispatch_summary(console: Console, pipe: LocalPipeline, teams: DemoTeams) -> bool:
+def dispatch_summary(console: Console, pipe: LocalPipeline, teams: DemoTeams, cameras: bool = False) -> bool:
     city = CityModel.load(pipe.cfg.city.geojson)
     incs = ledger_incidents(pipe)
     t = Table(title="incidents (fused, dispatched by the trigger list, escalated on silence)")
-    for col in ("incident", "category", "first -> now responsible", "state", "esc", "src"):
+    for col in ("incident", "from", "category", "first -> now responsible", "state", "esc", "src"):
         t.add_column(col, overflow="fold")
     for i in incs:
         now = city.nodes.get(i["node_id"])
         t.add_row(
             i["incident_id"][4:12],
+            i["source_kind"],
             i["category"],
             f"{i['first_node_id']} -> {i['node_id']} ({now.name_zh if now else '?'})",
             i["state"],
@@ -179,6 +190,22 @@ def dispatch_summary(console: Console, pipe: LocalPipeline, teams: DemoTeams) ->
             f"{response:.1f} s;  pushes {dict(pushes)};  team commands {teams.commands}, supervisor "
             f"verifications {teams.verified};  API {pipe.api_url}/docs"
         )
+    cam = [i for i in incs if i["source_kind"] == "camera"]
+    if cameras:
+        reopened = sum(1 for i in cam if i["reopened"])
+        console.print(
+            f"[bold]cameras[/bold]: {len(cam)} camera incidents; after teams resolved them the same camera "
+            f"verified the zone: {sum(1 for i in cam if i['state'] == 'closed')} closed, {reopened} reopened "
+            "(the crowd or the vehicle was still there); snapshots in "
+            + str(pipe.cfg.cameras.evidence.directory)
+        )
     escalated_any = any(i["escalations"] for i in incs)
     closed_any = any(i["state"] == "closed" for i in incs)
-    return bool(incs) and escalated_any and closed_any and pushes.get("sent", 0) > 0 and bool(kpi)
+    return (
+        bool(incs)
+        and escalated_any
+        and closed_any
+        and pushes.get("sent", 0) > 0
+        and bool(kpi)
+        and (bool(cam) or not cameras)
+    )

@@ -80,6 +80,7 @@ class LocalPipeline:
         self.bridge = ManagedProcess("gridwatch-bridge", stop_grace=15)
         self.streams = ManagedProcess("gridwatch-streams", stop_grace=15)
         self.dispatch = ManagedProcess("gridwatch-dispatch", stop_grace=15)
+        self.cameras = ManagedProcess("gridwatch-cameras", stop_grace=15)
 
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "gridwatch.cli", *args, "--config", str(self.config_path)]
@@ -103,12 +104,18 @@ class LocalPipeline:
         self.dispatch.start(self._cli("dispatch", "serve"), log_path=log)
         self.dispatch.wait_ready(lambda: _count(log, "dispatch: ready") > marker, timeout)
 
+    def start_cameras(self, timeout: float = 60) -> None:
+        log = self.workdir / "cameras.log"
+        marker = _count(log, "cameras: ready")
+        self.cameras.start(self._cli("cameras", "worker"), log_path=log)
+        self.cameras.wait_ready(lambda: _count(log, "cameras: ready") > marker, timeout)
+
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
     def stop(self) -> None:
-        for p in (self.dispatch, self.bridge, self.streams):
+        for p in (self.cameras, self.dispatch, self.bridge, self.streams):
             if p.alive:
                 p.stop()
 

@@ -117,7 +117,13 @@ def _run(url: str, db: str, n: int, due: int, spread_s: float, console: Console)
         d = t.model_dump(mode="json")
         d["calendar"] = "always"
         triggers.append(d)
-    cfg = load_config(demo_config_path(), overrides={"dispatch": {"ledger_url": url, "triggers": triggers}})
+    # fusion radius 5 m: every generated candidate is a distinct matter (they lie 10+ m apart), so the
+    # run ends with `n` open incidents while fusion still searches all of them for each candidate
+    fusion = {"default": {"radius_m": 5, "window_s": 86_400, "cooldown_s": 600}, "per_category": {}}
+    cfg = load_config(
+        demo_config_path(),
+        overrides={"dispatch": {"ledger_url": url, "triggers": triggers, "fusion": fusion}},
+    )
     city = CityModel.load(cfg.city.geojson)
     ledger = Ledger(url)
     ledger.migrate()

@@ -305,8 +305,10 @@ class CameraWorker:
     def stats(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.counters)
         lat = list(self.latency_ms)
-        s["latency_p50_ms"] = _pct(lat, 0.5)
-        s["latency_p99_ms"] = _pct(lat, 0.99)
+        # not `latency_*`: InfluxDB fixes a field's type per measurement, and the streams worker
+        # writes its own `latency_p50_ms` into pipeline_health as an integer
+        s["candidate_latency_p50_ms"] = _pct(lat, 0.5)
+        s["candidate_latency_p99_ms"] = _pct(lat, 0.99)
         flat = list(self.frame_latency_ms)
         s["frame_latency_p50_ms"] = _pct(flat, 0.5)
         s["frame_latency_p99_ms"] = _pct(flat, 0.99)

@@ -32,6 +32,8 @@ cameras_app = typer.Typer(
     help="Camera workers: RTSP -> detector -> zones and rules -> candidates.", no_args_is_help=True
 )
 app.add_typer(cameras_app, name="cameras")
+dashboards_app = typer.Typer(help="Grafana wall screens: dashboards as code.", no_args_is_help=True)
+app.add_typer(dashboards_app, name="dashboards")
 
 console = Console(stderr=True)
 ConfigOpt = typer.Option(
@@ -245,6 +247,37 @@ def cameras_worker(
     from gridwatch.detectors.worker import run_camera_worker
 
     run_camera_worker(cfg)
+
+
+@dashboards_app.command("push")
+def dashboards_push(
+    url: str = typer.Option(..., help="Grafana base URL, e.g. http://grafana:3000."),
+    token_env: str = typer.Option(
+        "GRAFANA_TOKEN", help="Environment variable holding a Grafana service-account token."
+    ),
+    datasources: bool = typer.Option(
+        True, help="Also create / update the InfluxDB and PostgreSQL datasources."
+    ),
+    dir: Path | None = typer.Option(
+        None, "--dir", help="Dashboards directory (default: the committed dashboards/)."
+    ),
+    insecure: bool = typer.Option(False, help="Do not verify Grafana's TLS certificate."),
+) -> None:
+    """Create folders, datasources and dashboards in Grafana through its HTTP API (docs/DASHBOARDS.md)."""
+    from gridwatch.config import secret_from_env
+    from gridwatch.dashboards_gen.push import PushError, push_dashboards
+
+    try:
+        token = secret_from_env(token_env, what="--token-env")
+        assert token is not None
+        report = push_dashboards(
+            url, token, datasources=datasources, dashboards_dir=dir, verify_tls=not insecure
+        )
+    except (ConfigError, PushError) as e:
+        console.print(f"[red]dashboards push failed[/red]: {e}")
+        raise typer.Exit(2) from None
+    for o in report.objects:
+        print(f"{o.kind:<10} {o.uid:<28} {o.action:<9} {o.title}")
 
 
 @report_app.command("monthly")

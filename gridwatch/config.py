@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gridwatch.console.auth import ConsoleUser
 from gridwatch.schemas import SENSOR_ID_PATTERN, Category, Severity
 
 
@@ -656,6 +657,17 @@ class CamerasConfig(_Model):
         return self
 
 
+class ConsoleConfig(_Model):
+    """The operator console (docs/CONSOLE.md), served by the dispatch service under /console."""
+
+    users: list[ConsoleUser] = Field(
+        default_factory=list, title="Users", description="Who may log in (password hashes only)."
+    )
+    cookie_secure: bool = Field(
+        False, title="Secure cookies", description="Set when the console is served over HTTPS."
+    )
+
+
 class SiteConfig(_Model):
     name: str = Field("gridwatch", title="Name", description="Name of the command centre.")
     timezone: str = Field("Asia/Shanghai", title="Time zone", description="Centre's time zone (IANA name).")
@@ -689,6 +701,9 @@ class GridwatchConfig(_Model):
     )
     cameras: CamerasConfig = Field(
         default_factory=CamerasConfig, title="Cameras", description="Camera feeds, detector, evidence."
+    )
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig, title="Operator console", description="Users of the web console."
     )
     sensor_files: list[Path] = Field(
         default_factory=list,

@@ -199,6 +199,10 @@ def dispatch_summary(console: Console, pipe: LocalPipeline, teams: DemoTeams, ca
             "(the crowd or the vehicle was still there); snapshots in "
             + str(pipe.cfg.cameras.evidence.directory)
         )
+    console.print(
+        f"[bold]operator console[/bold]: {pipe.api_url}/console  (log in as operator or supervisor, "
+        f"password {pipe.console_password}; run `gridwatch demo --keep` to keep it up)"
+    )
     escalated_any = any(i["escalations"] for i in incs)
     closed_any = any(i["state"] == "closed" for i in incs)
     return (

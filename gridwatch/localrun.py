@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from gridwatch.config import GridwatchConfig, _deep_merge, demo_config_path, load_config
+from gridwatch.console.auth import hash_password
 from gridwatch.devservers.process import ManagedProcess, free_port
 from gridwatch.devservers.stack import DevStack
 from gridwatch.dispatch.api import hash_token
@@ -52,6 +53,20 @@ class LocalPipeline:
         self.api_port = free_port()
         # A supervisor token for the local API (the demo's verifier; tests' operator). Local only.
         self.supervisor_token = secrets.token_urlsafe(18)
+        # console log-ins for the person running the demo (printed by the demo; local only)
+        self.console_password = secrets.token_urlsafe(9)
+        console_users = [
+            {
+                "name": name,
+                "display_name": display,
+                "role": role,
+                "password_hash": hash_password(self.console_password),
+            }
+            for name, display, role in (
+                ("operator", "值班员 (demo)", "operator"),
+                ("supervisor", "值班长 (demo)", "supervisor"),
+            )
+        ]
         endpoints = {
             "dispatch": {
                 "ledger_url": f"sqlite:///{self.workdir / 'ledger.db'}",
@@ -65,6 +80,7 @@ class LocalPipeline:
                     }
                 ],
             },
+            "console": {"users": console_users},
             "mqtt": {"host": stack.mqtt_host, "port": stack.mqtt_port},
             "kafka": {"bootstrap_servers": stack.kafka_bootstrap},
             "influx": {"url": stack.influx_url, "bucket": database, "spill_dir": str(self.workdir / "spill")},

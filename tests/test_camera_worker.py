@@ -98,7 +98,7 @@ def test_footage_to_candidates_health_and_down_event(
         assert snap and Path(snap[0].ref.removeprefix("file://")).stat().st_size > 10_000
         # one candidate per episode: the crowd stays, no second gathering candidate for the zone yet
         assert len({x.candidate_id for x in cands}) == 1
-        assert worker.stats()["inferences"] > 0 and worker.stats()["latency_p99_ms"] < 5000
+        assert worker.stats()["inferences"] > 0 and worker.stats()["candidate_latency_p99_ms"] < 5000
 
         def health():
             res = influxdb.query(

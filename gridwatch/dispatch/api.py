@@ -94,7 +94,7 @@ def authorise(caller: Caller, action: Action, chain: tuple[str, ...] | list[str]
     allowed = {
         "read": {"team", "operator", "supervisor", "viewer"},
         "team_command": {"team", "operator", "supervisor"},
-        "verify": {"operator", "supervisor"},
+        "verify": {"supervisor"},  # closure verification is a supervisor's (or the camera's) call
         "escalate": {"operator", "supervisor"},
         "redispatch": {"operator", "supervisor"},
         "report": {"citizen", "operator", "supervisor", "team"},

@@ -418,11 +418,28 @@ class DispatchService:
         import uvicorn
 
         app = build_api(self.core, self.cfg.dispatch.credentials, self.submit_candidate)
+        console = None
+        if self.cfg.console.users:
+            from gridwatch.console.router import build_console_router
+
+            console = build_console_router(
+                self.core,
+                self.cfg.console.users,
+                timezone=self.cfg.site.timezone,
+                site_name=self.cfg.site.name,
+                evidence_dir=self.cfg.cameras.evidence.directory,
+                cookie_secure=self.cfg.console.cookie_secure,
+            )
+            app.include_router(console)
         config = uvicorn.Config(app, host=self.cfg.dispatch.api_host, port=self.cfg.dispatch.api_port,
                                 log_level="warning", access_log=False, lifespan="off")  # fmt: skip
         self.api_server = uvicorn.Server(config)
         self.api_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        await self.api_server.serve()
+        try:
+            await self.api_server.serve()
+        finally:
+            if console is not None:
+                console.close()  # ends the live streams, which uvicorn would otherwise wait for
 
 
 def run_service(cfg: GridwatchConfig) -> None:

@@ -1,0 +1,555 @@
+"""The operator console (gridwatch/console): log-in, CSRF, who sees and does what, the audit trail,
+live events, languages, the evidence guard and the review queue.
+
+Everything runs on a SQLite ledger in tmp_path with a ManualClock (tests/dispatch_helpers.py);
+the live-event test serves the console with uvicorn on a free port and reads the stream with httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from gridwatch.console import ConsoleUser, build_console_router, hash_password, verify_password
+from gridwatch.console.demo import bulk_incidents, free_port, start_server
+from gridwatch.console.feed import ChangeFeed
+from gridwatch.console.i18n import LABELS
+from gridwatch.dispatch.core import DispatchCore
+from gridwatch.dispatch.machine import Command, CommandKind
+from gridwatch.dispatch.models import TransitionRow
+from gridwatch.schemas import EvidenceRef
+from tests.dispatch_helpers import candidate, make_core
+
+PW = "s3cret-pw"
+STATIC = Path(__file__).resolve().parents[1] / "gridwatch" / "console" / "static"
+
+
+@pytest.fixture(scope="module")
+def pw_hash() -> str:
+    return hash_password(PW)  # scrypt is slow on purpose: once per module
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[DispatchCore]:
+    c = make_core(f"sqlite:///{tmp_path}/ledger.db")
+    yield c
+    c.ledger.close()
+
+
+def users_for(core: DispatchCore, h: str) -> list[ConsoleUser]:
+    g0 = core.city.grids()[0].id
+    return [
+        ConsoleUser(name="op", display_name="值班员 李娜", role="operator", password_hash=h),
+        ConsoleUser(name="sup", display_name="督办 王强", role="supervisor", password_hash=h),
+        ConsoleUser(name="team0", display_name="网格员 赵磊", role="team", node=g0, password_hash=h),
+        ConsoleUser(name="view", display_name="Visitor", role="viewer", password_hash=h),
+    ]
+
+
+def make_app(core: DispatchCore, h: str, **kw: Any) -> tuple[FastAPI, Any]:
+    app = FastAPI()
+    router = build_console_router(core, users_for(core, h), timezone="Asia/Shanghai", **kw)
+    app.include_router(router)
+    return app, router
+
+
+def login(client: TestClient | httpx.Client, name: str, password: str = PW) -> Any:
+    client.get("/console/login")
+    token = client.cookies.get("gw_login")
+    return client.post(
+        "/console/login",
+        data={"name": name, "password": password, "login_token": token, "next": ""},
+        follow_redirects=False,
+    )
+
+
+def csrf_of(client: TestClient, path: str = "/console/") -> str:
+    html = client.get(path).text
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "page has no CSRF field"
+    return m.group(1)
+
+
+def incident(core: DispatchCore, source: str = "s-1", grid: int = 0, **kw: Any) -> str:
+    return core.handle_candidate(candidate(source, grid=grid, **kw)).incident_id
+
+
+# --- passwords and log-in ---------------------------------------------------------------------------
+
+
+def test_password_hash_format_and_check() -> None:
+    h = hash_password("pässwort")
+    assert h.startswith("scrypt$16384$8$1$")
+    assert verify_password("pässwort", h)
+    assert not verify_password("passwort", h)
+    assert not verify_password("x", "not-a-hash")
+    assert hash_password("pässwort") != h  # fresh salt per hash
+
+
+def test_login_ok_bad_password_and_logout(core: DispatchCore, pw_hash: str) -> None:
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    assert c.get("/console/", follow_redirects=False).headers["location"].startswith("/console/login")
+    bad = login(c, "op", "wrong")
+    assert bad.status_code == 401 and "用户名或密码错误" in bad.text
+    assert login(c, "nobody", "wrong").status_code == 401
+    assert "gw_session" not in c.cookies
+    ok = login(c, "op")
+    assert ok.status_code == 303 and ok.headers["location"] == "/console/"
+    cookie = ok.headers["set-cookie"]
+    assert "gw_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    page = c.get("/console/")
+    assert page.status_code == 200 and "值班员 李娜" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    # Log-out needs the CSRF token too, and ends the session.
+    assert c.post("/console/logout", data={}, follow_redirects=False).status_code == 403
+    out = c.post("/console/logout", data={"csrf": csrf_of(c)}, follow_redirects=False)
+    assert out.status_code == 303
+    assert c.get("/console/api/incidents").status_code == 401
+
+
+def test_login_form_needs_its_token_and_next_stays_local(core: DispatchCore, pw_hash: str) -> None:
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    r = c.post("/console/login", data={"name": "op", "password": PW}, follow_redirects=False)
+    assert r.status_code == 403  # no double-submit token: a cross-site log-in form
+    c.get("/console/login")
+    r = c.post(
+        "/console/login",
+        data={
+            "name": "op",
+            "password": PW,
+            "login_token": c.cookies.get("gw_login"),
+            "next": "//evil.example/x",
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/console/"
+
+
+def test_repeated_bad_passwords_lock_the_name(core: DispatchCore, pw_hash: str) -> None:
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    for _ in range(5):
+        assert login(c, "sup", "nope").status_code == 401
+    assert login(c, "sup").status_code == 429  # even the right password, for a minute
+    assert login(c, "op").status_code == 303  # other users are not affected
+
+
+# --- CSRF, authorisation, audit trail --------------------------------------------------------------
+
+
+def test_csrf_refused_without_token(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    r = c.post(f"/console/incidents/{iid}/act", data={"command": "acknowledge"}, follow_redirects=False)
+    assert r.status_code == 403
+    r = c.post(f"/console/incidents/{iid}/act", data={"command": "acknowledge", "csrf": "forged"})
+    assert r.status_code == 403
+    r = c.post(f"/console/api/incidents/{iid}/act", json={"command": "acknowledge"})
+    assert r.status_code == 403
+    r = c.post("/console/lang", data={"lang": "en"}, follow_redirects=False)
+    assert r.status_code == 403
+    assert core.ledger.incident_row(iid).state == "dispatched"
+    assert [t.kind for t in core.ledger.transitions(iid)] == ["dispatch"]
+
+
+def test_team_sees_and_acts_only_on_its_own_incidents(core: DispatchCore, pw_hash: str) -> None:
+    mine = incident(core, "s-mine", grid=0)
+    other = incident(core, "s-other", grid=5)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "team0")
+    rows = c.get("/console/api/incidents").json()
+    assert [r["id"] for r in rows["rows"]] == [mine] and rows["total"] == 1
+    assert [m[0] for m in c.get("/console/api/markers").json()["markers"]] == [mine]
+    assert [r["id"] for r in c.get("/console/api/review").json()["rows"]] == [mine]
+    assert c.get(f"/console/incidents/{other}").status_code == 403
+    csrf = csrf_of(c, f"/console/incidents/{mine}")
+    r = c.post(f"/console/incidents/{other}/act", data={"command": "acknowledge", "csrf": csrf})
+    assert r.status_code == 403
+    r = c.post(
+        f"/console/api/incidents/{other}/act", json={"command": "acknowledge"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 403 and "not assigned" in r.json()["detail"]
+    # ... nor escalate (not a team's action), but acknowledging its own works
+    r = c.post(
+        f"/console/api/incidents/{mine}/act", json={"command": "escalate"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 403
+    r = c.post(
+        f"/console/api/incidents/{mine}/act", json={"command": "acknowledge"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert r.status_code == 200 and r.json()["state"] == "acknowledged"
+    assert core.ledger.incident_row(other).state == "dispatched"
+    last = core.ledger.transitions(mine)[-1]
+    assert (last.actor, last.by) == ("team", "team0")
+
+
+def test_viewer_reads_but_may_not_act(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "view")
+    page = c.get(f"/console/incidents/{iid}")
+    assert page.status_code == 200 and 'name="command"' not in page.text
+    r = c.post(f"/console/incidents/{iid}/act", data={"command": "acknowledge", "csrf": csrf_of(c)})
+    assert r.status_code == 403
+
+
+def test_operator_action_lands_in_the_audit_trail_with_the_user(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)
+    node = core.ledger.incident_row(iid).node_id
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    page = c.get(f"/console/incidents/{iid}")
+    # the role's actions for this state: the operator acts for the team, escalates, re-dispatches
+    offered = re.findall(r'name="command" value="(\w+)"', page.text)
+    assert {"acknowledge", "escalate", "redispatch", "false_alarm"} <= set(offered)
+    assert "verify" not in offered  # not while dispatched
+    cmd_id = re.search(r'name="command_id" value="([^"]+)"', page.text).group(1)
+    form = {"command": "acknowledge", "csrf": csrf_of(c), "command_id": cmd_id}
+    r = c.post(f"/console/incidents/{iid}/act", data=form)
+    assert r.status_code == 200 and "已执行：签收" in r.text
+    again = c.post(f"/console/incidents/{iid}/act", data=form)  # a double submit
+    assert "该操作已执行过" in again.text
+    trail = core.ledger.transitions(iid)
+    assert [t.kind for t in trail] == ["dispatch", "acknowledge"]
+    ack = trail[-1]
+    assert (ack.actor, ack.by, ack.to_state) == ("team", "op", "acknowledged")
+    assert ack.params == {"via": "console", "on_behalf_of": node}
+    assert re.search(r"<td class='by'>op</td>", c.get(f"/console/incidents/{iid}").text)
+
+    # resolve for the team, then the supervisor verifies: not fixed -> reopened, then fixed -> closed
+    c.post(
+        f"/console/incidents/{iid}/act", data={"command": "resolve", "note": "清理完毕", "csrf": csrf_of(c)}
+    )
+    s = TestClient(app)
+    login(s, "sup")
+    assert "verify" in re.findall(r'name="command" value="(\w+)"', s.get(f"/console/incidents/{iid}").text)
+    s.post(f"/console/incidents/{iid}/act", data={"command": "verify", "ok": "0", "csrf": csrf_of(s)})
+    assert core.ledger.incident_row(iid).state == "dispatched"
+    c.post(f"/console/incidents/{iid}/act", data={"command": "resolve", "csrf": csrf_of(c)})
+    s.post(f"/console/incidents/{iid}/act", data={"command": "verify", "ok": "1", "csrf": csrf_of(s)})
+    trail = core.ledger.transitions(iid)
+    assert core.ledger.incident_row(iid).state == "closed"
+    assert [(t.kind, t.by) for t in trail[-2:]] == [("resolve", "op"), ("verify", "sup")]
+    # an illegal command is refused with the machine's reason, and changes nothing
+    r = c.post(f"/console/incidents/{iid}/act", data={"command": "escalate", "csrf": csrf_of(c)})
+    assert "无法执行" in r.text and len(core.ledger.transitions(iid)) == len(trail)
+
+
+def test_escalate_and_redispatch_by_hand(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)
+    row = core.ledger.incident_row(iid)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    h = {"X-CSRF-Token": csrf_of(c)}
+    r = c.post(f"/console/api/incidents/{iid}/act", json={"command": "escalate", "reason": "重大"}, headers=h)
+    assert r.status_code == 200
+    up = core.ledger.incident_row(iid)
+    assert up.level == "community" and up.node_id == core.city.node(row.node_id).parent
+    r = c.post(
+        f"/console/api/incidents/{iid}/act", json={"command": "redispatch", "to_node": "nope"}, headers=h
+    )
+    assert r.status_code == 422
+    target = core.city.grids()[3].id
+    r = c.post(
+        f"/console/api/incidents/{iid}/act", json={"command": "redispatch", "to_node": target}, headers=h
+    )
+    assert r.status_code == 200 and core.ledger.incident_row(iid).node_id == target
+    kinds = [(t.kind, t.actor, t.by) for t in core.ledger.transitions(iid)]
+    assert kinds[-2:] == [("escalate", "operator", "op"), ("redispatch", "operator", "op")]
+
+
+# --- review queue ------------------------------------------------------------------------------------
+
+
+def test_review_queue_confirm_and_false_alarm(core: DispatchCore, pw_hash: str) -> None:
+    a = incident(core, "cam-1", grid=1, kind="camera")
+    b = incident(core, "s-2", grid=2)
+    app, router = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    q = c.get("/console/api/review").json()
+    assert {r["id"] for r in q["rows"]} == {a, b} and q["can_confirm"] and q["can_false_alarm"]
+    src = next(r for r in q["rows"] if r["id"] == a)["source_list"][0]
+    assert (src["kind"], src["confidence"]) == ("camera", 1.0)
+    h = {"X-CSRF-Token": csrf_of(c)}
+    assert (
+        c.post(f"/console/api/incidents/{a}/act", json={"command": "confirm"}, headers=h).status_code == 200
+    )
+    assert router.confirmed[a]["by"] == "op"
+    assert [r["id"] for r in c.get("/console/api/review").json()["rows"]] == [b]
+    assert {r["id"] for r in c.get("/console/api/review?show_confirmed=1").json()["rows"]} == {a, b}
+    r = c.post(f"/console/api/incidents/{b}/act", json={"command": "false_alarm"}, headers=h)
+    assert r.status_code == 409 and "reason" in r.json()["detail"]
+    r = c.post(
+        f"/console/api/incidents/{b}/act", json={"command": "false_alarm", "reason": "阴影"}, headers=h
+    )
+    assert r.json()["state"] == "false_alarm"
+    fa = core.ledger.transitions(b)[-1]
+    assert (fa.kind, fa.actor, fa.by, fa.note) == ("false_alarm", "team", "op", "阴影")
+    # viewers see the queue but no buttons
+    v = TestClient(app)
+    login(v, "view")
+    q = v.get("/console/api/review").json()
+    assert not q["can_confirm"] and not q["can_false_alarm"]
+
+
+# --- languages ---------------------------------------------------------------------------------------
+
+
+def test_language_switch_changes_labels(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    zh = c.get("/console/").text
+    assert "事件看板" in zh and "Incident board" not in zh and '<html lang="zh-CN">' in zh
+    r = c.post("/console/lang", data={"lang": "en", "csrf": csrf_of(c), "back": f"/console/incidents/{iid}"})
+    assert r.url.path == f"/console/incidents/{iid}"
+    assert "Audit trail" in r.text and "处置轨迹" not in r.text
+    en = c.get("/console/").text
+    assert "Incident board" in en and "事件看板" not in en
+    cfg = json.loads(re.search(r'id="gw-config">(.*?)</script>', en).group(1))
+    assert (
+        cfg["lang"] == "en" and cfg["labels"]["state_on_site"] == "On site" and cfg["tz"] == "Asia/Shanghai"
+    )
+    # the choice is kept for the next log-in in this browser (cookie) ...
+    c.post("/console/logout", data={"csrf": csrf_of(c)})
+    assert "Log in" in c.get("/console/login").text
+    login(c, "op")
+    assert "Incident board" in c.get("/console/").text
+    # ... and a fresh browser starts in Chinese
+    d = TestClient(app)
+    login(d, "op")
+    assert "事件看板" in d.get("/console/").text
+
+
+def test_times_are_shown_in_the_centre_time_zone(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)  # created at T0 = 2026-11-24 10:00 Asia/Shanghai (02:00 UTC)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    assert "2026-11-24 10:00:00" in c.get(f"/console/incidents/{iid}").text
+
+
+def test_every_label_in_both_languages_and_no_text_in_scripts() -> None:
+    for key, pair in LABELS.items():
+        assert len(pair) == 2 and all(p.strip() for p in pair), key
+        assert re.findall(r"{(\w+)}", pair[0]) == re.findall(r"{(\w+)}", pair[1]) or key == "d_hour", key
+    # Scripts take every label from the page's table: no Chinese text of their own.
+    for js in STATIC.glob("*.js"):
+        assert not re.search(r"[\u4e00-\u9fff]", js.read_text(encoding="utf-8")), js.name
+
+
+# --- evidence ----------------------------------------------------------------------------------------
+
+
+def test_evidence_route_serves_only_images_under_the_evidence_dir(
+    core: DispatchCore, pw_hash: str, tmp_path: Path
+) -> None:
+    ev_dir = tmp_path / "evidence"
+    (ev_dir / "cam-1").mkdir(parents=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+    (ev_dir / "cam-1" / "ok.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    (ev_dir / "cam-1" / "link.png").symlink_to(tmp_path / "secret.png")
+    (ev_dir / "cam-1" / "notes.txt").write_text("hi")
+    refs = [
+        (ev_dir / "cam-1" / "ok.png").as_uri(),  # 0: fine
+        "file:///etc/passwd",  # 1: outside
+        f"file://{ev_dir}/cam-1/../../secret.png",  # 2: climbs out
+        (ev_dir / "cam-1" / "link.png").as_uri(),  # 3: symlink out
+        (ev_dir / "cam-1" / "notes.txt").as_uri(),  # 4: not an image
+        "file://otherhost/x.png",  # 5: not local
+        "https://cam.example/snap.jpg",  # 6: shown directly, never proxied
+    ]
+    cand = candidate("cam-1", kind="camera").model_copy(
+        update={"evidence": [EvidenceRef(kind="snapshot", ref=r) for r in refs]}
+    )
+    iid = core.handle_candidate(cand).incident_id
+    cid = cand.candidate_id
+    app, _ = make_app(core, pw_hash, evidence_dir=ev_dir)
+    c = TestClient(app)
+    assert c.get(f"/console/incidents/{iid}/evidence/{cid}/0").status_code == 401
+    login(c, "op")
+    ok = c.get(f"/console/incidents/{iid}/evidence/{cid}/0")
+    assert ok.status_code == 200 and ok.content == png and ok.headers["content-type"] == "image/png"
+    assert [c.get(f"/console/incidents/{iid}/evidence/{cid}/{n}").status_code for n in range(1, 8)] == [
+        403, 403, 403, 403, 404, 404, 404,
+    ]  # fmt: skip
+    page = c.get(f"/console/incidents/{iid}").text
+    assert f'src="/console/incidents/{iid}/evidence/{cid}/0"' in page
+    assert 'src="https://cam.example/snap.jpg"' in page
+    # another team may not fetch this incident's evidence
+    t = TestClient(make_app(core, pw_hash, evidence_dir=ev_dir)[0])
+    other_grid_incident = incident(core, "s-far", grid=9)
+    login(t, "team0")
+    assert t.get(f"/console/incidents/{iid}/evidence/{cid}/0").status_code == 200  # grid 0: its own
+    assert t.get(f"/console/incidents/{other_grid_incident}").status_code == 403
+    # without an evidence directory nothing local is served
+    n = TestClient(make_app(core, pw_hash)[0])
+    login(n, "op")
+    assert n.get(f"/console/incidents/{iid}/evidence/{cid}/0").status_code == 404
+
+
+# --- the change feed ---------------------------------------------------------------------------------
+
+
+def test_feed_delivers_a_late_commit_with_a_lower_seq(core: DispatchCore) -> None:
+    # PostgreSQL may commit seq n+1 before seq n: the gap is remembered and filled later.
+    import asyncio
+
+    iid = incident(core)
+    feed = ChangeFeed(core.ledger)
+    feed.last_seq = max(t.seq for t in core.ledger.transitions(iid))
+    base = feed.last_seq
+
+    def add(seq: int) -> None:
+        with core.ledger.session() as s:
+            s.add(TransitionRow(seq=seq, incident_id=iid, command_id=f"late-{seq}", kind="escalate",
+                                actor="system", by="test", from_state="dispatched", to_state="dispatched",
+                                from_node="x", to_node="x", level="grid", at_ms=0, note="", changed=False,
+                                version=1, params={}))  # fmt: skip
+
+    add(base + 2)
+    assert [e["seq"] for e in feed._poll()] == [base + 2]
+    assert feed._poll() == []
+    add(base + 1)  # the late commit
+    got = feed._poll()
+    assert [e["seq"] for e in got] == [base + 1] and got[0]["incident"]["id"] == iid
+    assert feed._poll() == []
+    asyncio.run(asyncio.sleep(0))
+
+
+def _sse_reader(
+    client: httpx.Client, headers: dict[str, str], out: queue.Queue[Any], stop: threading.Event
+) -> None:
+    with client.stream("GET", "/console/events", headers=headers, timeout=httpx.Timeout(10, read=30)) as r:
+        out.put(("status", r.status_code, time.monotonic()))
+        event, data = "message", ""
+        for line in r.iter_lines():
+            if stop.is_set():
+                return
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "":
+                if data:
+                    out.put((event, json.loads(data), time.monotonic()))
+                event, data = "message", ""
+
+
+def _next(out: queue.Queue[Any], kind: str, timeout: float = 5.0) -> tuple[Any, float]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            ev = out.get(timeout=max(0.01, end - time.monotonic()))
+        except queue.Empty:
+            break
+        if ev[0] == kind:
+            return ev[1], ev[2]
+    raise AssertionError(f"no {kind!r} event within {timeout} s")
+
+
+def test_sse_delivers_a_change_within_2s_with_10000_open_incidents(
+    core: DispatchCore, pw_hash: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bulk_ids = bulk_incidents(core, 10_000)
+    iid = incident(core, "s-live", grid=0)
+    app, router = make_app(core, pw_hash)
+    port = free_port()
+    server, th = start_server(app, port)
+    stop = threading.Event()
+    clients: list[httpx.Client] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        op = httpx.Client(base_url=base)
+        team = httpx.Client(base_url=base)
+        clients += [op, team]
+        assert login(op, "op").status_code == 303
+        assert login(team, "team0").status_code == 303
+
+        # the board pages through 10,000 incidents; nothing sends the whole list
+        t0 = time.monotonic()
+        page = op.get("/console/api/incidents", params={"limit": 100, "offset": 9_900}).json()
+        assert page["total"] == 10_001 and len(page["rows"]) == 100
+        assert time.monotonic() - t0 < 1.0
+
+        out: queue.Queue[Any] = queue.Queue()
+        tout: queue.Queue[Any] = queue.Queue()
+        for cl, q in ((op, out), (team, tout)):
+            threading.Thread(target=_sse_reader, args=(cl, {}, q, stop), daemon=True).start()
+        _next(out, "hello")
+        _next(tout, "hello")
+
+        latencies = []
+        for i, kind in enumerate((CommandKind.ACKNOWLEDGE, CommandKind.ARRIVE, CommandKind.RESOLVE)):
+            node = core.ledger.incident_row(iid).node_id
+            t_cmd = time.monotonic()
+            core.command(iid, Command(f"live-{i}", kind, "team", "王婷", node))
+            ev, t_seen = _next(out, "change", 2.0)
+            latencies.append(t_seen - t_cmd)
+            assert ev["incident_id"] == iid and ev["kind"] == kind.value and ev["by"] == "王婷"
+            assert ev["incident"]["id"] == iid  # the delta: one incident's board row, not the list
+        assert max(latencies) < 2.0
+        # the team's stream carries its own incident's changes, and only those
+        g0 = core.city.grids()[0].id
+        other = next(i for i in bulk_ids if core.ledger.incident_row(i).node_id != g0)
+        core.command(
+            other,
+            Command(
+                "live-other", CommandKind.ACKNOWLEDGE, "team", "x", core.ledger.incident_row(other).node_id
+            ),
+        )
+        seen_team = [_next(tout, "change", 2.0)[0]["incident_id"] for _ in range(3)]
+        assert seen_team == [iid] * 3
+        ev, _ = _next(out, "change", 2.0)
+        assert ev["incident_id"] == other
+        with pytest.raises(AssertionError):
+            _next(tout, "change", 1.0)
+
+        # a browser that reconnects resumes after its Last-Event-ID ...
+        resumed: queue.Queue[Any] = queue.Queue()
+        last = ev["seq"]
+        threading.Thread(
+            target=_sse_reader, args=(op, {"Last-Event-ID": str(last - 1)}, resumed, stop), daemon=True
+        ).start()
+        assert _next(resumed, "change")[0]["seq"] == last
+        # ... or is told to reload when it is too far behind to replay
+        behind: queue.Queue[Any] = queue.Queue()
+        threading.Thread(
+            target=_sse_reader, args=(op, {"Last-Event-ID": "1"}, behind, stop), daemon=True
+        ).start()
+        _next(behind, "resync")
+        with capsys.disabled():
+            print(
+                f"\nconsole SSE latency, command -> event at the client (10,001 open incidents): "
+                f"{', '.join(f'{x * 1000:.0f} ms' for x in latencies)}"
+            )
+    finally:
+        stop.set()
+        router.close()  # ends the open streams, so uvicorn stops at once
+        server.should_exit = True
+        th.join(5)
+        for cl in clients:
+            cl.close()
+    assert not th.is_alive()

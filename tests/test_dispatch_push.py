@@ -72,7 +72,9 @@ def test_webhook_formats_retries_and_attempt_log(fmt: str, tmp_path, caplog) -> 
                   "retry_min_s": 1, "retry_max_s": 4, "max_attempts": 5},
         )  # fmt: skip
         iid = core.handle_candidate(candidate("s1")).incident_id
-        worker = DeliveryWorker(core.ledger, core.cfg.dispatch.push, "gridwatch", None, clock.now_ms, demo_city())
+        worker = DeliveryWorker(
+            core.ledger, core.cfg.dispatch.push, "gridwatch", None, clock.now_ms, demo_city()
+        )
         hook = lambda: [d for d in core.ledger.deliveries(iid) if d.channel == "webhook:town-robot"][0]  # noqa: E731
         for _ in range(3):
             worker.run_once()

@@ -32,6 +32,8 @@ cameras_app = typer.Typer(
     help="Camera workers: RTSP -> detector -> zones and rules -> candidates.", no_args_is_help=True
 )
 app.add_typer(cameras_app, name="cameras")
+eval_app = typer.Typer(help="Evaluate the camera detectors on labelled clips.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 dashboards_app = typer.Typer(help="Grafana wall screens: dashboards as code.", no_args_is_help=True)
 app.add_typer(dashboards_app, name="dashboards")
 
@@ -247,6 +249,29 @@ def cameras_worker(
     from gridwatch.detectors.worker import run_camera_worker
 
     run_camera_worker(cfg)
+
+
+@eval_app.command("detectors")
+def eval_detectors(
+    clips_dir: Path = typer.Argument(..., help="Folder of NAME.mp4 + NAME.json clips (e.g. var/eval-clips)."),
+    config: Path | None = ConfigOpt,
+    fps: float | None = typer.Option(
+        None, "--fps", help="Analysed fps (default: the first camera's, else 2)."
+    ),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="Write every candidate as a JSON line."
+    ),
+) -> None:
+    """Run labelled clips through the camera pipeline and score the candidates (JSON last line)."""
+    cfg = _load(config)
+    from gridwatch.detectors.evaluate import EvalError, run_eval
+
+    try:
+        result = run_eval(clips_dir, cfg, fps=fps, predictions_path=predictions, console=console)
+    except EvalError as e:
+        console.print(f"[red]evaluation error[/red]\n{e}", highlight=False)
+        raise typer.Exit(2) from None
+    print(json.dumps(result))
 
 
 @dashboards_app.command("push")

@@ -440,6 +440,13 @@ class FusionConfig(_Model):
         return self.per_category.get(category, self.default)
 
 
+WEBHOOK_TEMPLATE_KEYS = (
+    "event", "event_zh", "incident_id", "category", "category_zh", "severity", "summary", "node_id",
+    "node_name", "level", "state", "platform", "lat", "lon", "map_url", "evidence_url", "ack_url",
+    "note", "deadline_ack",
+)  # fmt: skip
+
+
 class WebhookConfig(_Model):
     name: str = Field(title="Name", description="Shown in delivery records.")
     format: Literal["generic", "dingtalk", "wecom", "feishu"] = Field(
@@ -454,6 +461,31 @@ class WebhookConfig(_Model):
         title="Nodes",
         description="Ladder node ids whose pushes go to this webhook; `*` = all.",
     )
+    template: str | None = Field(
+        None,
+        title="Message template",
+        description="Markdown body for the chat-robot formats, with {placeholders}: "
+        + ", ".join(f"{{{k}}}" for k in WEBHOOK_TEMPLATE_KEYS)
+        + ". Default: gridwatch's Chinese summary with location, evidence and action links.",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _template_keys(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import string
+
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as e:
+            raise ValueError(f"not a valid template: {e}") from None
+        unknown = sorted(n for n in names if n not in WEBHOOK_TEMPLATE_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join(unknown)} (known: {', '.join(WEBHOOK_TEMPLATE_KEYS)})"
+            )
+        return v
 
 
 class PushConfig(_Model):

@@ -169,3 +169,16 @@ def test_open311_report_joins_the_same_loop(tmp_path) -> None:
 def test_push_config_is_validated() -> None:
     with pytest.raises(ValueError):
         PushConfig(webhooks=[{"name": "x", "format": "slack", "url_env": "X"}])
+
+
+def test_webhook_template_fills_placeholders_and_bad_keys_are_refused(tmp_path) -> None:
+    core = make_core(f"sqlite:///{tmp_path / 'l.db'}")
+    iid = core.handle_candidate(candidate("s1")).incident_id
+    alert = [d for d in core.ledger.deliveries(iid) if d.channel == "mqtt"][0].payload
+    body = format_webhook(
+        "wecom", alert, demo_city(), "【{event_zh}】{category_zh} @ {node_name}: {summary} [签收]({ack_url})"
+    )
+    text = body["markdown"]["content"]
+    assert text.startswith("【新派单】烟感报警 @ 第1网格") and f"/incidents/{iid}/acknowledge" in text
+    with pytest.raises(ValueError, match=r"unknown placeholder\(s\) nmae"):
+        PushConfig(webhooks=[{"name": "x", "format": "wecom", "url_env": "X", "template": "{nmae}"}])

@@ -179,13 +179,49 @@ def render_text(alert: dict[str, Any], city: CityModel | None = None) -> tuple[s
     return title, "\n".join(lines)
 
 
-def format_webhook(fmt: str, alert: dict[str, Any], city: CityModel | None = None) -> dict[str, Any]:
-    """The request body for a webhook format."""
+def template_values(alert: dict[str, Any], city: CityModel | None = None) -> dict[str, str]:
+    """The placeholders a webhook `template` may use (config: WEBHOOK_TEMPLATE_KEYS)."""
+    import datetime as dt
+
+    loc = alert.get("location") or {}
+    node = alert["node_id"]
+    ack = alert.get("deadlines", {}).get("ack")
+    actions = {a["command"]: a["url"] for a in alert.get("actions", [])}
+    evidence = alert.get("evidence") or []
+    return {
+        "event": alert["event"],
+        "event_zh": _EVENT_ZH.get(alert["event"], alert["event"]),
+        "incident_id": alert["incident_id"],
+        "category": alert["category"],
+        "category_zh": _CATEGORY_ZH.get(alert["category"], alert["category"]),
+        "severity": alert["severity"],
+        "summary": alert["summary"],
+        "node_id": node,
+        "node_name": city.nodes[node].name_zh if city is not None and node in city.nodes else node,
+        "level": alert["level"],
+        "state": alert["state"],
+        "platform": alert["platform"],
+        "lat": f"{loc['lat']:.5f}" if loc else "",
+        "lon": f"{loc['lon']:.5f}" if loc else "",
+        "map_url": alert.get("map_url") or "",
+        "evidence_url": evidence[0]["ref"] if evidence else "",
+        "ack_url": actions.get("acknowledge", ""),
+        "note": alert.get("note") or "",
+        "deadline_ack": dt.datetime.fromtimestamp(ack / 1000, dt.UTC).isoformat() if ack else "",
+    }
+
+
+def format_webhook(
+    fmt: str, alert: dict[str, Any], city: CityModel | None = None, template: str | None = None
+) -> dict[str, Any]:
+    """The request body for a webhook format (`template`: the configured markdown body, if any)."""
     if fmt not in ("generic", "dingtalk", "wecom", "feishu"):
         raise ValueError(f"unknown webhook format {fmt!r}")
     if fmt == "generic":
         return alert
     title, md = render_text(alert, city)
+    if template is not None:
+        md = template.format(**template_values(alert, city))
     if fmt == "dingtalk":
         return {"msgtype": "markdown", "markdown": {"title": title, "text": md}}
     if fmt == "wecom":
@@ -328,7 +364,7 @@ class DeliveryWorker:
             raise LookupError(f"webhook {name!r} is no longer configured")
         url = secret_from_env(hook.url_env, what=f"dispatch.push.webhooks[{name}].url_env")
         try:
-            r = self.http.post(url, json=format_webhook(hook.format, d.payload, self.city))
+            r = self.http.post(url, json=format_webhook(hook.format, d.payload, self.city, hook.template))
         except httpx.HTTPError as e:
             # httpx puts the URL (and its token) in some messages: report the type only.
             raise ConnectionError(f"webhook {name}: {type(e).__name__}") from None

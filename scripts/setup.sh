@@ -15,9 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # ffmpeg + gst-rtsp-server (run by Debian's python3, as python3-gi cannot be imported in a venv):
 # the simulated RTSP cameras that play the real test footage.
 # chromium + fonts-noto-cjk + poppler-utils: the monthly bulletin's PDF (and looking at it as PNG).
+# docker-compose (1.29, Debian): only to validate docker-compose.yml in the tests (no engine runs here).
 APT_PACKAGES=(mosquitto mosquitto-clients libmosquitto-dev influxdb gcc python3-venv python3-dev ca-certificates
   postgresql ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-bad gstreamer1.0-rtsp chromium fonts-noto-cjk poppler-utils)
+  gstreamer1.0-plugins-bad gstreamer1.0-rtsp chromium fonts-noto-cjk poppler-utils docker-compose)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

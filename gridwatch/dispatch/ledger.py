@@ -196,6 +196,14 @@ class Ledger:
         with self._sessions() as s, s.begin():
             yield s
 
+    def _detached(self, query: Any) -> list[Any]:
+        """Rows of a query, detached from their session (safe to read after it closes)."""
+        with self.session() as s:
+            rows = list(s.execute(query).scalars())
+            for r in rows:
+                s.expunge(r)
+            return rows
+
     def _lock(self, s: Session, incident_id: str) -> IncidentRow:
         q = select(IncidentRow).where(IncidentRow.incident_id == incident_id)
         if self.is_postgres:
@@ -440,56 +448,32 @@ class Ledger:
         return _to_incident(self.incident_row(incident_id))
 
     def transitions(self, incident_id: str) -> list[TransitionRow]:
-        with self.session() as s:
-            rows = list(
-                s.execute(
-                    select(TransitionRow)
-                    .where(TransitionRow.incident_id == incident_id)
-                    .order_by(TransitionRow.seq)
-                ).scalars()
-            )
-            for r in rows:
-                s.expunge(r)
-            return rows
+        return self._detached(
+            select(TransitionRow).where(TransitionRow.incident_id == incident_id).order_by(TransitionRow.seq)
+        )
 
     def sources(self, incident_id: str) -> list[IncidentSourceRow]:
-        with self.session() as s:
-            rows = list(
-                s.execute(
-                    select(IncidentSourceRow)
-                    .where(IncidentSourceRow.incident_id == incident_id)
-                    .order_by(IncidentSourceRow.observed_at, IncidentSourceRow.candidate_id)
-                ).scalars()
-            )
-            for r in rows:
-                s.expunge(r)
-            return rows
+        return self._detached(
+            select(IncidentSourceRow)
+            .where(IncidentSourceRow.incident_id == incident_id)
+            .order_by(IncidentSourceRow.observed_at, IncidentSourceRow.candidate_id)
+        )
 
     def deliveries(self, incident_id: str | None = None, status: str | None = None) -> list[DeliveryRow]:
-        with self.session() as s:
-            q = select(DeliveryRow).order_by(DeliveryRow.created_at, DeliveryRow.delivery_id)
-            if incident_id is not None:
-                q = q.where(DeliveryRow.incident_id == incident_id)
-            if status is not None:
-                q = q.where(DeliveryRow.status == status)
-            rows = list(s.execute(q).scalars())
-            for r in rows:
-                s.expunge(r)
-            return rows
+        q = select(DeliveryRow).order_by(DeliveryRow.created_at, DeliveryRow.delivery_id)
+        if incident_id is not None:
+            q = q.where(DeliveryRow.incident_id == incident_id)
+        if status is not None:
+            q = q.where(DeliveryRow.status == status)
+        return self._detached(q)
 
     def due_deliveries(self, now_ms: int, limit: int = 200) -> list[DeliveryRow]:
-        with self.session() as s:
-            rows = list(
-                s.execute(
-                    select(DeliveryRow)
-                    .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now_ms)
-                    .order_by(DeliveryRow.next_attempt_at)
-                    .limit(limit)
-                ).scalars()
-            )
-            for r in rows:
-                s.expunge(r)
-            return rows
+        return self._detached(
+            select(DeliveryRow)
+            .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now_ms)
+            .order_by(DeliveryRow.next_attempt_at)
+            .limit(limit)
+        )
 
     def next_delivery_at(self) -> int | None:
         with self.session() as s:
@@ -523,17 +507,11 @@ class Ledger:
             return d.status
 
     def attempts(self, delivery_id: str) -> list[DeliveryAttemptRow]:
-        with self.session() as s:
-            rows = list(
-                s.execute(
-                    select(DeliveryAttemptRow)
-                    .where(DeliveryAttemptRow.delivery_id == delivery_id)
-                    .order_by(DeliveryAttemptRow.attempt_id)
-                ).scalars()
-            )
-            for r in rows:
-                s.expunge(r)
-            return rows
+        return self._detached(
+            select(DeliveryAttemptRow)
+            .where(DeliveryAttemptRow.delivery_id == delivery_id)
+            .order_by(DeliveryAttemptRow.attempt_id)
+        )
 
     def fusion_index_rows(self, now_ms: int, keep_closed_ms: int) -> list[tuple[FusedIncident, list[str]]]:
         """Open incidents and those closed within `keep_closed_ms`: what fusion needs on start."""

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from sqlalchemy.exc import DBAPIError
 
 from gridwatch.city import CityModel
 from gridwatch.clock import SYSTEM_CLOCK, Clock
@@ -194,26 +195,34 @@ class DispatchService:
         except Exception as e:
             await self._dead_letter(origin, raw, DeadLetterReason.UNDECODABLE_RECORD, str(e)[:500])
             return
+        try:
+            await self._until_stored(f"candidate {cand.candidate_id}", self.core.handle_candidate, cand)
+        except NoRoute as e:
+            await self._dead_letter(origin, raw, DeadLetterReason.NO_ROUTE, str(e))
+            return
+        except Exception as e:  # a bug must not stop the consumer: dead-letter the record, loudly
+            log.exception("dispatch: candidate %s could not be processed", cand.candidate_id)
+            await self._dead_letter(
+                origin, raw, DeadLetterReason.SCHEMA, f"internal error: {type(e).__name__}: {e}"[:500]
+            )
+            return
+        self._wake_deliveries.set()
+        self._wake_scheduler.set()
+
+    async def _until_stored(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run a ledger call in a thread; while the database is away, retry with backoff (the Kafka
+        offset is not committed meanwhile). Any other error is about the input: the caller's."""
         delay = 0.2
         while True:
             try:
-                await asyncio.to_thread(self.core.handle_candidate, cand)
-                break
-            except NoRoute as e:
-                await self._dead_letter(origin, raw, DeadLetterReason.NO_ROUTE, str(e))
-                return
-            except Exception as e:  # the database is away: retry, do not commit the offset
+                return await asyncio.to_thread(fn, *args)
+            except (DBAPIError, OSError, TimeoutError) as e:
                 self.counters["db_retries"] += 1
                 log.warning(
-                    "dispatch: storing candidate %s failed (%s); retrying in %.1fs",
-                    cand.candidate_id,
-                    type(e).__name__,
-                    delay,
+                    "dispatch: storing %s failed (%s); retrying in %.1fs", what, type(e).__name__, delay
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self._wake_deliveries.set()
-        self._wake_scheduler.set()
 
     async def _handle_command(self, origin: str, raw: bytes) -> None:
         """A camera's verification result (or another service's command) -> the state machine."""
@@ -223,25 +232,18 @@ class DispatchService:
             await self._dead_letter(origin, raw, DeadLetterReason.UNDECODABLE_RECORD, str(e)[:500])
             return
         cmd = Command(ev.command_id, CommandKind(ev.command), ev.actor, ev.by, None, ev.params)
-        delay = 0.2
-        while True:
-            try:
-                await asyncio.to_thread(self.core.command, ev.incident_id, cmd)
-                break
-            except (IllegalTransition, UnknownIncident) as e:
-                # e.g. a supervisor verified first: the camera's answer is late, recorded as a dead letter
-                await self._dead_letter(origin, raw, DeadLetterReason.BAD_COMMAND, str(e))
-                return
-            except Exception as e:  # database away
-                self.counters["db_retries"] += 1
-                log.warning(
-                    "dispatch: command %s failed (%s); retrying in %.1fs",
-                    ev.command_id,
-                    type(e).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        try:
+            await self._until_stored(f"command {ev.command_id}", self.core.command, ev.incident_id, cmd)
+        except (IllegalTransition, UnknownIncident, KeyError) as e:
+            # e.g. a supervisor verified first: the camera's answer is late, recorded as a dead letter
+            await self._dead_letter(origin, raw, DeadLetterReason.BAD_COMMAND, str(e))
+            return
+        except Exception as e:  # a bug must not stop the consumer
+            log.exception("dispatch: command %s could not be processed", ev.command_id)
+            await self._dead_letter(
+                origin, raw, DeadLetterReason.BAD_COMMAND, f"internal error: {type(e).__name__}"[:500]
+            )
+            return
         self._wake_deliveries.set()
         self._wake_scheduler.set()
 

@@ -77,6 +77,7 @@ class CameraWorker:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Queue[tuple[str, bytes, bytes]] | None = None
+        self._influx: InfluxSink | None = None  # made in run(), on the event loop
         self.latency_ms: deque[float] = deque(maxlen=5000)  # frame capture -> candidate emitted
         self.frame_latency_ms: deque[float] = deque(maxlen=20000)  # frame capture -> analysis done
         self.candidates: list[IncidentCandidate] = []  # the most recent, for tests and the demo
@@ -244,8 +245,6 @@ class CameraWorker:
         loop.call_soon_threadsafe(put)
 
     # --- lifecycle ---------------------------------------------------------------------------
-    _influx: InfluxSink | None = None
-
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._pending = asyncio.Queue(maxsize=MAX_PENDING)

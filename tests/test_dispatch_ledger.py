@@ -129,3 +129,16 @@ def test_attach_raising_severity_is_audited_and_pushed(ledger_url: str) -> None:
     assert (row.severity, row.source_count) == ("high", 3)
     assert any("severity medium -> high" in t.note for t in core.ledger.transitions(iid))
     assert "severity_raised" in {d.event for d in core.ledger.deliveries(iid)}
+
+
+def test_closed_incidents_leave_fusion_memory_after_their_cooldown(ledger_url: str) -> None:
+    clock = ManualClock(T0)
+    core = make_core(ledger_url, clock)
+    iid = core.handle_candidate(candidate("s1")).incident_id
+    node = core.ledger.incident_row(iid).node_id
+    core.command(iid, Command("f1", CommandKind.FALSE_ALARM, "team", "t", node, {"reason": "test"}))
+    assert len(core.fusion) == 1
+    clock.advance(601 + 60)  # smoke's cooldown (default 600 s) has passed; the scheduler's pass forgets it
+    core.escalate_due()
+    assert len(core.fusion) == 0
+    assert core.ledger.incident(iid).state == State.FALSE_ALARM  # the ledger keeps it

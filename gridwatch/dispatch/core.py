@@ -51,6 +51,7 @@ class DispatchCore:
         self.stats = DispatchStats()
         # Fusion decides on the index and then stores: one candidate at a time.
         self._fuse_lock = threading.Lock()
+        self._last_expire_ms = 0
         self._keep_closed_ms = int(
             max(
                 [
@@ -129,6 +130,11 @@ class DispatchCore:
         """Escalate every incident whose pending deadline has passed (one scheduler pass)."""
         out = []
         now = self.clock.now_ms()
+        if now - self._last_expire_ms >= 60_000:
+            # closed incidents past their cooldown leave fusion's memory (the ledger keeps them)
+            with self._fuse_lock:
+                self.fusion.expire(now)
+            self._last_expire_ms = now
         for iid, level, step, due in self.ledger.due(now, limit):
             cmd = Command(
                 command_id=f"deadline:{iid}:{level}:{step}:{due}",

@@ -283,15 +283,23 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
                 live.update(view())
                 if feed.done.is_set():
                     if settle_deadline is None:
-                        settle_deadline = time.monotonic() + 60
+                        settle_deadline = time.monotonic() + 90
                     silent_seen = feed.silent_sensor is None or any(
                         c.rule == "silence" and c.source_id == feed.silent_sensor.id for c in cands
                     )
                     # sensor incidents close; a camera incident is done once its camera has verified it
-                    # (closed, or reopened because the crowd or the van is still there)
-                    loop_done = bool(incs) and all(
-                        i["state"] == "closed" or (i["source_kind"] == "camera" and i["reopened"] >= 1)
-                        for i in incs
+                    # (closed, or reopened because the crowd or the van is still there). Judged on a
+                    # fresh read of the ledger, with every candidate raised so far already in it, and
+                    # (with cameras) once a camera incident exists: the van needs its dwell first.
+                    fresh = ledger_incidents(pipe)
+                    loop_done = (
+                        bool(fresh)
+                        and sum(i["source_count"] for i in fresh) >= len({c.candidate_id for c in cands})
+                        and (rtsp is None or any(i["source_kind"] == "camera" for i in fresh))
+                        and all(
+                            i["state"] == "closed" or (i["source_kind"] == "camera" and i["reopened"] >= 1)
+                            for i in fresh
+                        )
                     )
                     if (
                         stored >= feed.published and silent_seen and loop_done

@@ -111,11 +111,12 @@ def run_dispatch_bench(
 
 def _run(url: str, db: str, n: int, due: int, spread_s: float, console: Console) -> dict[str, Any]:
     base = load_config(demo_config_path())
-    # every category on a 24/7 calendar; the ack deadline lands after intake, spread by creation order
+    # every category on a 24/7 calendar, none held for review; the ack deadline lands after intake, spread by creation order
     triggers = []
     for t in base.dispatch.triggers:
         d = t.model_dump(mode="json")
         d["calendar"] = "always"
+        d["review"] = "auto"  # every incident dispatched at once: the bench measures escalation
         triggers.append(d)
     # fusion radius 5 m: every generated candidate is a distinct matter (they lie 10+ m apart), so the
     # run ends with `n` open incidents while fusion still searches all of them for each candidate

@@ -591,6 +591,12 @@ class DispatchConfig(_Model):
     kpi_interval_s: float = Field(
         10, gt=0, title="KPI interval", description="How often KPIs are computed and written to InfluxDB."
     )
+    hard_examples_dir: Path | None = Field(
+        Path("var/hard-examples"),
+        title="Hard-example store",
+        description="Where operators' verdicts on camera candidates (false alarm, confirmed, verified) "
+        "are kept with their evidence for retraining (gridwatch/dataset/hard_examples.py); null: not kept.",
+    )
 
     @model_validator(mode="after")
     def _calendars_known(self) -> DispatchConfig:
@@ -876,6 +882,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     dispatch = data.get("dispatch")
     if isinstance(dispatch, dict) and isinstance(dispatch.get("credentials_file"), str):
         dispatch["credentials_file"] = str(_resolve(dispatch["credentials_file"], base))
+    if isinstance(dispatch, dict) and isinstance(dispatch.get("hard_examples_dir"), str):
+        dispatch["hard_examples_dir"] = str(_resolve(dispatch["hard_examples_dir"], base))
     if isinstance(dispatch, dict) and isinstance(dispatch.get("ledger_url"), str):
         # sqlite:///relative/path is relative to the config file, like every other path in it
         url = dispatch["ledger_url"]

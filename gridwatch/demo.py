@@ -297,7 +297,8 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
                         and sum(i["source_count"] for i in fresh) >= len({c.candidate_id for c in cands})
                         and (rtsp is None or any(i["source_kind"] == "camera" for i in fresh))
                         and all(
-                            i["state"] == "closed" or (i["source_kind"] == "camera" and i["reopened"] >= 1)
+                            i["state"] in ("closed", "false_alarm", "merged")
+                            or (i["source_kind"] == "camera" and i["reopened"] >= 1)
                             for i in fresh
                         )
                     )

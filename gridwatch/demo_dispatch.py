@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 
 from gridwatch.city import CityModel
 from gridwatch.config import GridwatchConfig
+from gridwatch.dataset.hard_examples import HardExampleStore
 from gridwatch.localrun import LocalPipeline
 from gridwatch.topics import team_feedback_topic
 
@@ -60,6 +61,8 @@ class DemoTeams:
         self.alerts: Counter[str] = Counter()
         self.commands = 0
         self.verified = 0
+        self.confirmed = 0
+        self.dismissed = 0
         self.errors: list[str] = []
         self._timers: list[threading.Timer] = []
         self._stop = threading.Event()
@@ -99,16 +102,32 @@ class DemoTeams:
         iid, node = body["incident_id"], body["node_id"]
         if body["event"] == "dispatched" and _silent(iid):
             return  # "the grassroots blows the whistle and nobody answers"
+        camera = any(e.get("kind") == "snapshot" for e in body.get("evidence") or [])
+        if body["event"] == "dispatched" and camera and body["category"] == "gathering":
+            # the team on site finds people passing by: its verdict labels the camera's hard example
+            self.dismissed += 1
+            self._later(
+                1.0, self._send, node, iid, "false_alarm", reason="正常人流，非聚集 people passing by"
+            )
+            return
         if body["event"] in ("dispatched", "escalated", "reopened"):
             self._later(1.0, self._send, node, iid, "acknowledge")
             self._later(2.0, self._send, node, iid, "arrive")
             self._later(3.5, self._send, node, iid, "resolve", note="处理完毕 handled")
 
     def _supervisor(self) -> None:
-        """Verifies resolved incidents through the API (closure verification by a supervisor), except
-        camera incidents: the camera that saw them verifies those."""
+        """Confirms what waits for review (the trigger list holds dumping and bin alerts for an
+        operator) and verifies resolved incidents through the API (closure verification by a
+        supervisor), except camera incidents: the camera that saw them verifies those."""
         while not self._stop.wait(1.0):
             try:
+                for inc in self.http.get("/api/v1/incidents", params={"state": "pending_review"}).json():
+                    iid = inc["incident_id"]
+                    r = self.http.post(
+                        f"/api/v1/incidents/{iid}/confirm", json={"command_id": f"demo-confirm-{iid}"}
+                    )
+                    if r.status_code == 200 and r.json()["changed"]:
+                        self.confirmed += 1
                 for inc in self.http.get("/api/v1/incidents", params={"state": "resolved"}).json():
                     if inc["source_kind"] == "camera":
                         continue  # the camera that saw it verifies it
@@ -190,6 +209,13 @@ def dispatch_summary(console: Console, pipe: LocalPipeline, teams: DemoTeams, ca
             f"{response:.1f} s;  pushes {dict(pushes)};  team commands {teams.commands}, supervisor "
             f"verifications {teams.verified};  API {pipe.api_url}/docs"
         )
+    hx_dir = pipe.cfg.dispatch.hard_examples_dir
+    hx = HardExampleStore(hx_dir).counts() if hx_dir is not None else {}
+    console.print(
+        f"[bold]review[/bold]: {teams.confirmed} incidents confirmed by the operator before dispatch (trigger list "
+        f"`review: always`); false alarms dismissed by teams {teams.dismissed}; hard-example store "
+        f"{hx_dir}: {hx}"
+    )
     cam = [i for i in incs if i["source_kind"] == "camera"]
     if cameras:
         reopened = sum(1 for i in cam if i["reopened"])

@@ -70,6 +70,7 @@ class LocalPipeline:
         endpoints = {
             "dispatch": {
                 "ledger_url": f"sqlite:///{self.workdir / 'ledger.db'}",
+                "hard_examples_dir": str(self.workdir / "hard-examples"),
                 "api_port": self.api_port,
                 "push": {"public_url": f"http://127.0.0.1:{self.api_port}"},
                 "credentials": [

@@ -226,7 +226,7 @@ class TeamAlert(_Schema):
     v: Literal[1] = Field(1, title="Version", description="Always 1 for this version.")
     alert_id: str = Field(title="Alert id", description="Unique per (transition, team); dedupe key.")
     event: Literal["dispatched", "escalated", "escalated_away", "transferred", "transferred_away",
-                   "reopened", "severity_raised", "overdue_at_top"] = Field(
+                   "reopened", "severity_raised", "overdue_at_top", "merged"] = Field(
         title="Event", description="Why this team is told now."
     )  # fmt: skip
     incident_id: str = Field(title="Incident", description="Incident id.")

@@ -94,6 +94,25 @@ class FusionIndex:
         if inc is not None:
             inc.closed_at = None
 
+    def merge(self, from_id: str, into_id: str) -> None:
+        """An operator merged `from_id` into `into_id`: its sources count for the other; it is gone."""
+        src, dst = self.get(from_id), self.get(into_id)
+        if src is None:
+            return
+        del self._by_category[src.category][from_id]
+        if dst is not None:
+            dst.sources |= src.sources
+            dst.last_evidence_ms = max(dst.last_evidence_ms, src.last_evidence_ms)
+
+    def recategorise(self, incident_id: str, category: Category) -> None:
+        """An operator corrected the category: later candidates of that category fuse with it."""
+        inc = self.get(incident_id)
+        if inc is None or inc.category == category:
+            return
+        del self._by_category[inc.category][incident_id]
+        inc.category = category
+        self._by_category.setdefault(category, {})[incident_id] = inc
+
     def expire(self, now_ms: int) -> int:
         """Forget closed incidents past their cooldown; returns how many were dropped."""
         dropped = 0

@@ -24,7 +24,7 @@ def demo_city() -> CityModel:
 def demo_config(ledger_url: str | None, **dispatch: Any) -> GridwatchConfig:
     if not dispatch and ledger_url is None:
         return _plain_demo_config()
-    over: dict[str, Any] = {"dispatch": dict(dispatch)}
+    over: dict[str, Any] = {"dispatch": {"hard_examples_dir": None, **dispatch}}  # tests opt in
     if ledger_url:
         over["dispatch"]["ledger_url"] = ledger_url
     return load_config(demo_config_path(), overrides=over)
@@ -32,7 +32,7 @@ def demo_config(ledger_url: str | None, **dispatch: Any) -> GridwatchConfig:
 
 @functools.cache
 def _plain_demo_config() -> GridwatchConfig:
-    return load_config(demo_config_path(), overrides={})
+    return load_config(demo_config_path(), overrides={"dispatch": {"hard_examples_dir": None}})
 
 
 def grid_point(index: int = 0) -> tuple[str, float, float]:

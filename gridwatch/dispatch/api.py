@@ -85,7 +85,23 @@ class Caller(BaseModel):
     node: str | None = None
 
 
-Action = Literal["read", "team_command", "verify", "escalate", "redispatch", "report"]
+Action = Literal["read", "team_command", "verify", "escalate", "redispatch", "report", "review", "note"]
+
+REVIEW_COMMANDS = {"confirm", "recategorise", "merge"}
+
+
+def command_action(command: str, state: str | None = None) -> Action | None:
+    """The `authorise` action a command needs (None: no such command). A false alarm on an
+    incident still in review is the centre's dismissal, not a team's report."""
+    if command == "false_alarm" and state == "pending_review":
+        return "review"
+    if command in TEAM_COMMANDS:
+        return "team_command"
+    if command in REVIEW_COMMANDS:
+        return "review"
+    return {"verify": "verify", "escalate": "escalate", "redispatch": "redispatch", "note": "note"}.get(
+        command
+    )
 
 
 def authorise(caller: Caller, action: Action, chain: tuple[str, ...] | list[str] | None = None) -> None:
@@ -98,6 +114,8 @@ def authorise(caller: Caller, action: Action, chain: tuple[str, ...] | list[str]
         "escalate": {"operator", "supervisor"},
         "redispatch": {"operator", "supervisor"},
         "report": {"citizen", "operator", "supervisor", "team"},
+        "review": {"operator", "supervisor"},  # confirm, dismiss, merge, recategorise machine alerts
+        "note": {"team", "operator", "supervisor"},
     }[action]
     if role not in allowed:
         raise HTTPException(403, f"role {role!r} may not {action.replace('_', ' ')}")
@@ -116,6 +134,8 @@ class CommandBody(BaseModel):
     photo: str | None = Field(None, max_length=1000, description="Reference to a photo (resolve).")
     to_node: str | None = Field(None, max_length=64, description="Target node (transfer, redispatch).")
     ok: bool | None = Field(None, description="Verification result (verify).")
+    category: str | None = Field(None, max_length=64, description="Corrected category (recategorise).")
+    into: str | None = Field(None, max_length=128, description="Incident to merge into (merge).")
 
 
 def build_api(
@@ -162,8 +182,10 @@ def build_api(
         }
         by_node = who.node
         if who.role != "team" and kind.value in TEAM_COMMANDS:
-            # An operator acting for the team on the phone: recorded as the operator, for the current node.
-            actor, by_node = "team", (await run(lambda: core.ledger.incident_row(iid))).node_id
+            row = await run(lambda: core.ledger.incident_row(iid))
+            if row.state != "pending_review":
+                # An operator acting for the team on the phone: recorded as the operator, for the current node.
+                actor, by_node = "team", row.node_id
         cmd = Command(
             body.command_id, kind, actor, f"{who.name}:{body.by}" if body.by else who.name, by_node, params
         )  # type: ignore[arg-type]
@@ -240,12 +262,23 @@ def build_api(
         return await do(incident_id, CommandKind.REDISPATCH, who, body)
 
     @app.post("/api/v1/incidents/{incident_id}/{command}", tags=["incidents"])
-    async def team_command(incident_id: str, command: str, body: CommandBody, who: Auth) -> dict[str, Any]:
-        if command not in TEAM_COMMANDS:
-            raise HTTPException(
-                404, f"unknown command {command!r} (one of: {', '.join(sorted(TEAM_COMMANDS))})"
-            )
-        authorise(who, "team_command", chain_of(incident_id))
+    async def command(incident_id: str, command: str, body: CommandBody, who: Auth) -> dict[str, Any]:
+        """Team commands (acknowledge, arrive, resolve, reject, transfer, false_alarm), review
+        decisions (confirm, recategorise, merge; false_alarm while pending review dismisses) and notes."""
+        known = TEAM_COMMANDS | REVIEW_COMMANDS | {"note"}
+        if command not in known:
+            raise HTTPException(404, f"unknown command {command!r} (one of: {', '.join(sorted(known))})")
+        try:
+            row = await run(lambda: core.ledger.incident_row(incident_id))
+        except UnknownIncident as e:
+            raise HTTPException(404, str(e)) from None
+        authorise(who, command_action(command, row.state), list(row.chain))  # type: ignore[arg-type]
+        if command == "recategorise" and not body.category:
+            raise HTTPException(422, "recategorise needs `category`")
+        if command == "merge" and not body.into:
+            raise HTTPException(422, "merge needs `into` (an incident id)")
+        if command == "note" and not body.note:
+            raise HTTPException(422, "note needs `note`")
         return await do(incident_id, CommandKind(command), who, body)
 
     @app.get("/api/v1/deliveries", tags=["pushes"])

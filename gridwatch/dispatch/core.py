@@ -7,6 +7,7 @@ in the pure modules it wires together: streams/fusion.py, routing.py, machine.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from gridwatch.city import CityModel
 from gridwatch.clock import Clock
 from gridwatch.config import GridwatchConfig
+from gridwatch.dataset.hard_examples import HardExampleStore, SourceRecord
 from gridwatch.dispatch.ledger import ApplyResult, Ledger, StoredCandidate
-from gridwatch.dispatch.machine import TERMINAL_STATES, Command, CommandKind, State
+from gridwatch.dispatch.machine import TERMINAL_STATES, Command, CommandKind, IllegalTransition, State
 from gridwatch.dispatch.push import build_outbox
-from gridwatch.dispatch.routing import Router
-from gridwatch.schemas import IncidentCandidate
+from gridwatch.dispatch.routing import NoRoute, Router
+from gridwatch.schemas import Category, IncidentCandidate, Severity
 from gridwatch.streams.fusion import FusionIndex
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class DispatchStats:
     commands_refused: int = 0
     escalations: int = 0
     stale_escalations: int = 0
+    held_for_review: int = 0
+    hard_examples: int = 0
+    hard_example_errors: int = 0
 
 
 class DispatchCore:
@@ -49,6 +54,8 @@ class DispatchCore:
         self.fusion = FusionIndex(cfg.dispatch.fusion)
         self.outbox = build_outbox(cfg.dispatch.push, cfg.dispatch.verify_clear_s)
         self.stats = DispatchStats()
+        hx = cfg.dispatch.hard_examples_dir
+        self.hard_examples = HardExampleStore(hx) if hx is not None else None
         # Fusion decides on the index and then stores: one candidate at a time.
         self._fuse_lock = threading.Lock()
         self._last_expire_ms = 0
@@ -80,12 +87,18 @@ class DispatchCore:
                 self.stats.duplicates += 1
                 return StoredCandidate("", "duplicate", cand.severity.value, None)
             route = None
+            review = False
             if decision.action == "new":
                 try:
                     route = self.router.route(cand.category, cand.severity, cand.grid_id)
                 except Exception:
                     self.stats.unroutable += 1
                     raise
+                # Machine-raised candidates wait for an operator when their trigger line says so;
+                # a citizen's report or a person's call needs no review of a detector.
+                review = cand.source_kind.value in ("camera", "sensor") and (
+                    route.rule.review == "always" or cand.confidence < route.rule.auto_min_confidence
+                )
             stored = self.ledger.store_candidate(
                 cand,
                 decision,
@@ -97,6 +110,7 @@ class DispatchCore:
                 plan=self.router.plan(route.rule_index) if route else None,
                 city=self.city,
                 outbox=self.outbox,
+                review=review,
             )
             if stored.action == "duplicate":
                 self.stats.duplicates += 1
@@ -106,6 +120,7 @@ class DispatchCore:
             self.fusion.record(cand, decision, stored.incident_id)
             if stored.action == "new":
                 self.stats.incidents_created += 1
+                self.stats.held_for_review += review
             else:
                 self.stats.attached += 1
             return stored
@@ -114,17 +129,83 @@ class DispatchCore:
     def command(self, incident_id: str, cmd: Command) -> ApplyResult:
         self.stats.commands += 1
         try:
+            if cmd.kind is CommandKind.RECATEGORISE:
+                cmd = self._rerouted(incident_id, cmd)
             res = self.ledger.apply(incident_id, cmd, self.clock.now_ms(), self.router.plan, self.outbox)
         except Exception:
             self.stats.commands_refused += 1
             raise
-        if res.transition is not None and res.transition.changed:
+        tr = res.transition
+        if tr is not None and tr.changed:
             st = res.incident.state
-            if st in TERMINAL_STATES:
-                self.fusion.mark_closed(incident_id, res.incident.closed_at or self.clock.now_ms())
-            elif cmd.kind is CommandKind.VERIFY and st is State.DISPATCHED:
-                self.fusion.reopen(incident_id)
+            with self._fuse_lock:
+                if st is State.MERGED:
+                    self.fusion.merge(incident_id, str(cmd.params["into"]))
+                elif st in TERMINAL_STATES:
+                    self.fusion.mark_closed(incident_id, res.incident.closed_at or self.clock.now_ms())
+                elif cmd.kind is CommandKind.VERIFY and st is State.DISPATCHED:
+                    self.fusion.reopen(incident_id)
+                elif cmd.kind is CommandKind.RECATEGORISE:
+                    self.fusion.recategorise(incident_id, Category(str(cmd.params["category"])))
+            verdict = {
+                State.FALSE_ALARM: "false_alarm",
+                State.CLOSED: "verified",
+            }.get(st) or ("confirmed" if cmd.kind is CommandKind.CONFIRM else None)
+            if verdict is not None:
+                self._label(incident_id, verdict, cmd, tr.at_ms)
         return res
+
+    def _rerouted(self, incident_id: str, cmd: Command) -> Command:
+        """A recategorise command with the route of the new category (node, trigger line, platform)."""
+        raw = str(cmd.params.get("category") or "")
+        try:
+            category = Category(raw)
+        except ValueError:
+            known = ", ".join(c.value for c in Category)
+            raise IllegalTransition(f"recategorise: unknown category {raw!r} (known: {known})") from None
+        row = self.ledger.incident_row(incident_id)
+        try:
+            route = self.router.route(category, Severity(row.severity), row.grid_id)
+        except NoRoute as e:
+            raise IllegalTransition(f"recategorise: {e}") from None
+        params = {
+            **cmd.params,
+            "category": category.value,
+            "to_node": route.node_id,
+            "rule_index": route.rule_index,
+            "platform": route.rule.platform,
+        }
+        return dataclasses.replace(cmd, params=params)
+
+    def _label(self, incident_id: str, verdict: str, cmd: Command, at_ms: int) -> None:
+        """An operator's verdict labels the incident's camera sources for retraining. A failure
+        here never undoes the verdict (it is in the ledger): it is logged and counted."""
+        if self.hard_examples is None:
+            return
+        try:
+            srcs = [
+                SourceRecord(
+                    s.candidate_id,
+                    s.source_kind,
+                    s.source_id,
+                    s.category,
+                    s.confidence,
+                    s.observed_at,
+                    s.rule,
+                    s.model_version,
+                    list(s.evidence or []),
+                    dict((s.candidate or {}).get("details") or {}),
+                )  # fmt: skip
+                for s in self.ledger.sources(incident_id)
+            ]
+            reason = str(cmd.params.get("reason") or cmd.params.get("note") or "")
+            written = self.hard_examples.record(
+                incident_id=incident_id, sources=srcs, verdict=verdict, by=cmd.by, at_ms=at_ms, reason=reason
+            )
+            self.stats.hard_examples += len(written)
+        except Exception:
+            self.stats.hard_example_errors += 1
+            log.exception("hard-example store: could not label %s as %s", incident_id, verdict)
 
     def escalate_due(self, limit: int = 500) -> list[ApplyResult]:
         """Escalate every incident whose pending deadline has passed (one scheduler pass)."""

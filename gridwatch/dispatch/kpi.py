@@ -145,11 +145,18 @@ def compute_kpis(rows: list[KpiRow], now_ms: int, starts: dict[str, int], distri
         line(
             "dispatch_backlog",
             {"scope": "district", "node": district_id},
-            {"open": len(open_rows), "oldest_age_s": (now_ms - oldest) / 1000},
+            {
+                "open": len(open_rows),
+                "oldest_age_s": (now_ms - oldest) / 1000,
+                "pending_review": sum(1 for r in open_rows if r.state == "pending_review"),
+            },
             now_ms,
         )
     )
-    workload: Counter[tuple[str, str]] = Counter((r.node_id, r.level) for r in open_rows)
+    # a team's workload is what it has been given: incidents waiting for review are the centre's
+    workload: Counter[tuple[str, str]] = Counter(
+        (r.node_id, r.level) for r in open_rows if r.state != "pending_review"
+    )
     for (node, level), n in sorted(workload.items()):
         lines.append(line("team_workload", {"node": node, "level": level}, {"open": n}, now_ms))
     return lines

@@ -13,6 +13,7 @@ so a worker that dies between the two loses no push; the delivery loop sends the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from gridwatch.dispatch.kpi import KpiRow
 from gridwatch.dispatch.machine import (
     TERMINAL_STATES,
     Command,
+    CommandKind,
     IllegalTransition,
     Incident,
     Plan,
@@ -227,8 +229,10 @@ class Ledger:
         plan: Plan | None,
         city: CityModel,
         outbox: Outbox,
+        review: bool = False,
     ) -> StoredCandidate:
-        """Create an incident for a new candidate, or attach it to the incident fusion chose."""
+        """Create an incident for a new candidate, or attach it to the incident fusion chose.
+        With `review`, a new incident waits in `pending_review` and nobody is told yet."""
         with self.session() as s:
             seen = s.get(IncidentSourceRow, cand.candidate_id)
             if seen is not None:
@@ -238,7 +242,7 @@ class Ledger:
                 assert node_id is not None and level is not None and plan is not None
                 assert rule_index is not None and platform is not None
                 iid = incident_id_for(cand.candidate_id)
-                inc = new_incident(iid, node_id, level, now_ms, plan)
+                inc = new_incident(iid, node_id, level, now_ms, plan, review=review)
                 ladder = {n.level: n.id for n in city.ancestors(cand.grid_id)} if cand.grid_id else {}
                 row = IncidentRow(
                     incident_id=iid,
@@ -264,11 +268,12 @@ class Ledger:
                 s.add(row)
                 s.flush()
                 tr = self._add_transition(
-                    s, row, f"create:{cand.candidate_id}", "dispatch", "system", "fusion", None,
-                    State.DISPATCHED.value, None, node_id, now_ms, cand.summary, True, {},
+                    s, row, f"create:{cand.candidate_id}", "review" if review else "dispatch", "system",
+                    "fusion", None, inc.state.value, None, node_id, now_ms, cand.summary, True, {},
                 )  # fmt: skip
                 self._add_source(s, cand, iid, "new", now_ms)
-                self._add_outbox(s, row, tr, (node_id,), outbox, now_ms)
+                if not review:
+                    self._add_outbox(s, row, tr, (node_id,), outbox, now_ms)
                 return StoredCandidate(iid, "new", row.severity, tr.seq)
 
             assert decision.incident_id is not None
@@ -286,7 +291,7 @@ class Ledger:
                 s, row, f"attach:{cand.candidate_id}", "attach", "system", "fusion", row.state, row.state,
                 row.node_id, row.node_id, now_ms, note, raised, {"action": decision.action},
             )  # fmt: skip
-            if raised and row.state not in {t.value for t in TERMINAL_STATES}:
+            if raised and row.state not in {t.value for t in TERMINAL_STATES} | {State.PENDING_REVIEW.value}:
                 self._add_outbox(s, row, tr, (row.node_id,), outbox, now_ms)
             return StoredCandidate(row.incident_id, decision.action, row.severity, tr.seq)
 
@@ -398,6 +403,8 @@ class Ledger:
                     )
                 return ApplyResult(_to_incident(row), None, True)
             before = _to_incident(row)
+            if cmd.kind is CommandKind.RECATEGORISE:
+                cmd = dataclasses.replace(cmd, params={**cmd.params, "from_category": row.category})
             after, tr = apply(before, cmd, now_ms, plan_for(row.rule_index))
             if not tr.changed:
                 # A stale deadline: audit it once (so the scheduler does not retry it), change nothing.
@@ -406,6 +413,16 @@ class Ledger:
                     tr.to_state.value, tr.from_node, tr.to_node, now_ms, tr.note, False, dict(cmd.params),
                 )  # fmt: skip
                 return ApplyResult(before, tr, False)
+            if cmd.kind is CommandKind.MERGE:
+                self._merge_into(s, row, str(cmd.params["into"]), cmd, now_ms)
+            if cmd.kind is CommandKind.RECATEGORISE:
+                p = cmd.params
+                row.category, row.rule_index, row.platform = (
+                    str(p["category"]),
+                    int(p["rule_index"]),
+                    p["platform"],
+                )
+                row.first_node_id, row.first_level = after.node_id, after.level.value
             _write_incident(row, after)
             trow = self._add_transition(
                 s, row, cmd.command_id, cmd.kind.value, cmd.actor, cmd.by, tr.from_state.value,
@@ -414,6 +431,31 @@ class Ledger:
             )  # fmt: skip
             self._add_outbox(s, row, trow, tr.notify, outbox, now_ms)
             return ApplyResult(after, tr, False)
+
+    def _merge_into(self, s: Session, row: IncidentRow, into: str, cmd: Command, now_ms: int) -> None:
+        """Move `row`'s sources to the open incident `into` and audit it there (same transaction)."""
+        try:
+            target = self._lock(s, into)
+        except UnknownIncident:
+            raise IllegalTransition(f"merge: no incident {into!r} in the ledger") from None
+        if target.state in {t.value for t in TERMINAL_STATES}:
+            raise IllegalTransition(f"merge: incident {into} is {target.state}; merge into an open one")
+        moved = list(
+            s.execute(
+                select(IncidentSourceRow).where(IncidentSourceRow.incident_id == row.incident_id)
+            ).scalars()
+        )
+        for src in moved:
+            src.incident_id = into
+        target.source_count += len(moved)
+        target.last_evidence_at = max(target.last_evidence_at, row.last_evidence_at)
+        target.version += 1
+        self._add_transition(
+            s, target, f"merged-in:{row.incident_id}", "merged_in", cmd.actor, cmd.by, target.state, target.state,
+            target.node_id, target.node_id, now_ms,
+            f"merged from {row.incident_id} ({row.category}): {len(moved)} source(s)", True,
+            {"from": row.incident_id, "candidates": [m.candidate_id for m in moved]},
+        )  # fmt: skip
 
     # --- queries --------------------------------------------------------------------------
     def due(self, now_ms: int, limit: int = 500) -> list[tuple[str, str, str, int]]:
@@ -519,7 +561,8 @@ class Ledger:
         with self.session() as s:
             rows = s.execute(
                 select(IncidentRow).where(
-                    (IncidentRow.closed_at.is_(None)) | (IncidentRow.closed_at >= now_ms - keep_closed_ms)
+                    IncidentRow.state != State.MERGED.value,  # lives on in the incident it merged into
+                    (IncidentRow.closed_at.is_(None)) | (IncidentRow.closed_at >= now_ms - keep_closed_ms),
                 )
             ).scalars()
             for r in rows:
@@ -543,8 +586,10 @@ class Ledger:
             rows = list(
                 s.execute(
                     select(IncidentRow).where(
+                        # a merged incident is a duplicate that lives on in another: not counted
+                        IncidentRow.state != State.MERGED.value,
                         (IncidentRow.created_at >= since_ms)
-                        | (IncidentRow.state.not_in(["closed", "false_alarm"]))
+                        | (IncidentRow.state.not_in(["closed", "false_alarm"])),
                     )
                 ).scalars()
             )

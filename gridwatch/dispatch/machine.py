@@ -2,9 +2,16 @@
 
 An incident is dispatched to a node of the ladder (a grid first, usually) and moves through
 
-    dispatched -> acknowledged -> on_site -> resolved -> closed
-         \\            \\             \\          \\-> (verification failed) -> dispatched (reopened)
-          +------------+-------------+--> false_alarm | returned (rejected: back to the centre)
+    [pending_review ->] dispatched -> acknowledged -> on_site -> resolved -> closed
+         |                  \\            \\             \\          \\-> (verification failed) -> dispatched
+         |                   +------------+-------------+--> false_alarm | returned (rejected: back to the centre)
+         +--> false_alarm (dismissed in review) | merged (into another incident; also from the open states)
+
+`pending_review` is where a machine-raised candidate waits when its trigger rule asks an operator
+to look first (`review: always`, or a confidence below `auto_min_confidence`): no clock runs, no
+team is told, the team does not see it (its chain is empty). `confirm` dispatches it with fresh
+clocks; `recategorise` corrects its category (the caller re-routes it); `false_alarm` dismisses
+it; `merge` folds it into another incident. `note` adds a line to the audit trail in any state.
 
 Escalation does not change the state's kind: when the pending step's deadline passes in silence,
 the incident moves one level up the ladder (grid -> community -> town -> district), the new level
@@ -54,9 +61,11 @@ class State(StrEnum):
     CLOSED = "closed"
     FALSE_ALARM = "false_alarm"
     RETURNED = "returned"
+    PENDING_REVIEW = "pending_review"
+    MERGED = "merged"
 
 
-TERMINAL_STATES = frozenset({State.CLOSED, State.FALSE_ALARM})
+TERMINAL_STATES = frozenset({State.CLOSED, State.FALSE_ALARM, State.MERGED})
 OPEN_STATES = frozenset(State) - TERMINAL_STATES
 
 
@@ -77,6 +86,8 @@ _PENDING_STEP: dict[State, Step | None] = {
     State.CLOSED: None,
     State.FALSE_ALARM: None,
     State.RETURNED: None,
+    State.PENDING_REVIEW: None,
+    State.MERGED: None,
 }
 
 LADDER_UP: dict[Level, Level | None] = {
@@ -97,6 +108,10 @@ class CommandKind(StrEnum):
     VERIFY = "verify"
     ESCALATE = "escalate"
     REDISPATCH = "redispatch"
+    CONFIRM = "confirm"
+    RECATEGORISE = "recategorise"
+    MERGE = "merge"
+    NOTE = "note"
 
 
 Actor = Literal["team", "system", "operator", "supervisor", "camera"]
@@ -108,7 +123,8 @@ class Command:
 
     `by_node` is the ladder node the acting team belongs to (for team commands); `params` holds
     the kind's specifics: a note or reason, `photo` reference, `to_node` of a transfer or
-    re-dispatch, `ok` of a verification, and for a deadline escalation `level`, `step`, `due_ms`.
+    re-dispatch, `ok` of a verification, for a deadline escalation `level`, `step`, `due_ms`;
+    `into` of a merge; `category`, `from_category` and the re-routed `to_node` of a recategorise.
     """
 
     command_id: str
@@ -222,10 +238,15 @@ def _reason(cmd: Command) -> str:
     return reason
 
 
+def _centre_only(cmd: Command) -> None:
+    if cmd.actor not in ("operator", "supervisor"):
+        raise IllegalTransition(f"{cmd.kind.value} is an operator's or supervisor's command")
+
+
 def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[Incident, Transition]:
     """Apply one command. Pure: returns the new incident and the transition to audit."""
     st = incident.state
-    if st in TERMINAL_STATES and cmd.kind is not CommandKind.ESCALATE:
+    if st in TERMINAL_STATES and cmd.kind not in (CommandKind.ESCALATE, CommandKind.NOTE):
         raise IllegalTransition(
             f"incident {incident.incident_id}: is {st.value}; no further {cmd.kind.value} is possible"
         )
@@ -256,7 +277,12 @@ def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[In
             upd["resolved_at"] = now_ms
         case CommandKind.FALSE_ALARM:
             _team_may_act(incident, cmd)
-            _require(incident, cmd, {State.DISPATCHED, State.ACKNOWLEDGED, State.ON_SITE, State.RETURNED})
+            if st is State.PENDING_REVIEW:
+                _centre_only(cmd)  # dismissed in review
+            _require(
+                incident, cmd,
+                {State.DISPATCHED, State.ACKNOWLEDGED, State.ON_SITE, State.RETURNED, State.PENDING_REVIEW},
+            )  # fmt: skip
             note = _reason(cmd)
             to_state = State.FALSE_ALARM
             upd["closed_at"] = now_ms
@@ -272,9 +298,12 @@ def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[In
                 _require(incident, cmd, {State.DISPATCHED, State.ACKNOWLEDGED})
                 note = _reason(cmd)
             else:
-                if cmd.actor not in ("operator", "supervisor"):
-                    raise IllegalTransition("redispatch is an operator's or supervisor's command")
-                _require(incident, cmd, {State.RETURNED, State.DISPATCHED, State.ACKNOWLEDGED})
+                _centre_only(cmd)
+                _require(
+                    incident,
+                    cmd,
+                    {State.RETURNED, State.DISPATCHED, State.ACKNOWLEDGED, State.PENDING_REVIEW},
+                )
             target = cmd.params.get("to_node")
             if not isinstance(target, str) or not target:
                 raise IllegalTransition(f"{cmd.kind.value} needs params.to_node (a ladder node id)")
@@ -284,7 +313,8 @@ def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[In
             to_state = State.DISPATCHED
             to_node = target
             upd |= _assign(incident, target, level, now_ms, plan)
-            notify = (incident.node_id, target)
+            # a team that never saw it (pending review) is not told that it went elsewhere
+            notify = (target,) if st is State.PENDING_REVIEW else (incident.node_id, target)
         case CommandKind.VERIFY:
             if cmd.actor not in ("supervisor", "camera", "operator"):
                 raise IllegalTransition("verify is a supervisor's, operator's or camera's command")
@@ -300,6 +330,50 @@ def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[In
                 upd["reopened"] = incident.reopened + 1
                 upd["acknowledged_at"] = upd["arrived_at"] = upd["resolved_at"] = None
                 notify = (incident.node_id,)
+        case CommandKind.CONFIRM:
+            _centre_only(cmd)
+            _require(incident, cmd, {State.PENDING_REVIEW})
+            to_state = State.DISPATCHED
+            upd |= _assign(incident, incident.node_id, incident.level, now_ms, plan)
+            notify = (incident.node_id,)
+        case CommandKind.RECATEGORISE:
+            _centre_only(cmd)
+            _require(incident, cmd, {State.PENDING_REVIEW})
+            category, target = cmd.params.get("category"), cmd.params.get("to_node")
+            if not isinstance(category, str) or not category:
+                raise IllegalTransition("recategorise needs params.category")
+            if not isinstance(target, str) or not target:
+                raise IllegalTransition(
+                    "recategorise needs params.to_node (the node the new category routes to)"
+                )
+            if category == cmd.params.get("from_category"):
+                raise IllegalTransition(f"incident {incident.incident_id}: is already {category}")
+            level = plan.level_of(target)
+            to_node = target
+            upd |= {"level": level, "first_level": level, "assigned_at": now_ms}
+            note = f"category {cmd.params.get('from_category')} -> {category}" + (f": {note}" if note else "")
+        case CommandKind.MERGE:
+            _centre_only(cmd)
+            _require(
+                incident, cmd,
+                {State.PENDING_REVIEW, State.DISPATCHED, State.ACKNOWLEDGED, State.ON_SITE, State.RETURNED},
+            )  # fmt: skip
+            into = cmd.params.get("into")
+            if not isinstance(into, str) or not into:
+                raise IllegalTransition("merge needs params.into (the incident it merges into)")
+            if into == incident.incident_id:
+                raise IllegalTransition(f"incident {incident.incident_id}: cannot merge into itself")
+            to_state = State.MERGED
+            upd["closed_at"] = now_ms
+            upd["deadlines"] = {}
+            note = f"merged into {into}" + (f": {note}" if note else "")
+            # the team that was working on it learns that the other incident carries it now
+            notify = () if st is State.PENDING_REVIEW else (incident.node_id,)
+        case CommandKind.NOTE:
+            _team_may_act(incident, cmd)
+            note = str(cmd.params.get("note") or "").strip()
+            if not note:
+                raise IllegalTransition("note needs params.note")
         case CommandKind.ESCALATE:
             return _escalate(incident, cmd, now_ms, plan)
         case _:  # pragma: no cover - enum is closed
@@ -327,7 +401,7 @@ def _escalate(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tupl
     st = incident.state
     by_deadline = cmd.actor == "system"
     stale_reason = None
-    if st in TERMINAL_STATES or st in (State.RESOLVED, State.RETURNED):
+    if st in TERMINAL_STATES or st in (State.RESOLVED, State.RETURNED, State.PENDING_REVIEW):
         stale_reason = f"incident is {st.value}"
     elif by_deadline:
         pending = pending_deadline(incident)
@@ -387,16 +461,19 @@ def _escalate(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tupl
     )  # fmt: skip
 
 
-def new_incident(incident_id: str, node_id: str, level: Level, now_ms: int, plan: Plan) -> Incident:
-    """A freshly dispatched incident at `node_id`."""
+def new_incident(
+    incident_id: str, node_id: str, level: Level, now_ms: int, plan: Plan, *, review: bool = False
+) -> Incident:
+    """A freshly dispatched incident at `node_id`, or one waiting for an operator's review (no
+    clock, no team told yet: `node_id` is where a confirmation will dispatch it)."""
     return Incident(
         incident_id=incident_id,
-        state=State.DISPATCHED,
+        state=State.PENDING_REVIEW if review else State.DISPATCHED,
         level=level,
         node_id=node_id,
         assigned_at=now_ms,
-        deadlines=dict(plan.deadlines(level, now_ms)),
-        chain=(node_id,),
+        deadlines={} if review else dict(plan.deadlines(level, now_ms)),
+        chain=() if review else (node_id,),
         first_level=level,
         version=1,
     )

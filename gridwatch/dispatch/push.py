@@ -59,6 +59,7 @@ _EVENT_ZH = {
     "reopened": "核查未通过，重新派单",
     "severity_raised": "等级提升",
     "overdue_at_top": "区级超时",
+    "merged": "已合并至其他事件",
 }
 
 
@@ -76,7 +77,9 @@ def _event_for(tr: TransitionRow, node: str) -> str:
         return "reopened"
     if kind == "attach":
         return "severity_raised"
-    return "dispatched"
+    if kind == "merge":
+        return "merged"
+    return "dispatched"  # dispatch, confirm (after review)
 
 
 def build_outbox(push: PushConfig, verify_clear_s: float = 60.0) -> Outbox:

@@ -1,0 +1,1 @@
+"""Datasets for the retraining loop: the hard-example store (operators' verdicts)."""

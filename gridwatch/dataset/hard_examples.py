@@ -1,0 +1,174 @@
+"""The hard-example store: camera candidates labelled by the operators' verdicts.
+
+Every verdict an operator or supervisor gives on a machine-raised incident is a label for the
+retraining loop (issue 8): a false alarm dismissed in review or by a team, a confirmation in
+review, a closure verified on site. For each *camera* source of the incident the store keeps one
+example directory
+
+    <root>/examples/<candidate_id>/example.json     what was seen and what the verdict was
+    <root>/examples/<candidate_id>/evidence-<n>.jpg  copies of the candidate's local evidence
+
+`example.json` (version 1): candidate id, incident id, camera, zone, category, confidence, rule,
+model version, observed time, the rule's `box` and `track_ids`, the candidate's details, the
+evidence references (with the copied file's name when the evidence was a local file), and the
+verdict with its author, time and reason; earlier verdicts on the same candidate are kept in
+`history` (a confirmed incident that a team later calls a false alarm ends as a false alarm).
+
+Writes are idempotent (same candidate, same verdict: nothing new) and atomic (temporary file +
+rename), so a retried command or a replay never leaves half an example. Sensor and citizen
+sources are not stored: they carry no picture to learn from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VERDICTS", "HardExample", "HardExampleStore", "SourceRecord"]
+
+VERDICTS = ("false_alarm", "confirmed", "verified")
+"""false_alarm: dismissed (in review or by the team); confirmed: dispatched after review;
+verified: closed after a verified resolution (the incident was real)."""
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """What the store needs of one incident source (the ledger's `incident_sources` row)."""
+
+    candidate_id: str
+    source_kind: str
+    source_id: str
+    category: str
+    confidence: float
+    observed_at: int
+    rule: str
+    model_version: str | None
+    evidence: list[dict[str, Any]]
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HardExample:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def verdict(self) -> str:
+        return str(self.data["verdict"]["label"])
+
+
+class HardExampleStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.examples_dir = self.root / "examples"
+        self.written = 0
+        self.errors = 0
+
+    def record(
+        self,
+        *,
+        incident_id: str,
+        sources: Iterable[SourceRecord],
+        verdict: str,
+        by: str,
+        at_ms: int,
+        reason: str = "",
+    ) -> list[Path]:
+        """Label every camera source of one incident with `verdict`; returns the example files written."""
+        if verdict not in VERDICTS:
+            raise ValueError(f"hard example verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+        out = []
+        for src in sources:
+            if src.source_kind != "camera":
+                continue
+            path = self._write(
+                incident_id, src, {"label": verdict, "by": by, "at_ms": at_ms, "reason": reason}
+            )
+            if path is not None:
+                out.append(path)
+        return out
+
+    def _write(self, incident_id: str, src: SourceRecord, verdict: dict[str, Any]) -> Path | None:
+        d = self.examples_dir / _SAFE.sub("_", src.candidate_id)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "example.json"
+        history: list[dict[str, Any]] = []
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if (
+                old.get("verdict", {}).get("label") == verdict["label"]
+                and old.get("incident_id") == incident_id
+            ):
+                return None  # the same verdict again (a retried command): nothing new
+            history = [*old.get("history", []), old["verdict"]]
+        evidence = []
+        for n, ev in enumerate(src.evidence):
+            item = dict(ev)
+            local = _local_file(str(ev.get("ref") or ""))
+            if local is not None and local.is_file():
+                name = f"evidence-{n}{local.suffix.lower()}"
+                if not (d / name).exists():
+                    shutil.copyfile(local, d / name)
+                item["file"] = name
+            evidence.append(item)
+        data = {
+            "version": 1,
+            "candidate_id": src.candidate_id,
+            "incident_id": incident_id,
+            "camera_id": src.source_id,
+            "zone_id": src.details.get("zone_id"),
+            "zone_kind": src.details.get("zone_kind"),
+            "category": src.category,
+            "confidence": src.confidence,
+            "rule": src.rule,
+            "model_version": src.model_version,
+            "observed_at": src.observed_at,
+            "box": src.details.get("box"),
+            "track_ids": src.details.get("track_ids"),
+            "details": src.details,
+            "evidence": evidence,
+            "verdict": verdict,
+            "history": history,
+        }
+        tmp = path.with_suffix(f".json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+        self.written += 1
+        log.info("hard example %s: %s (%s)", src.candidate_id, verdict["label"], src.source_id)
+        return path
+
+    def __iter__(self) -> Iterator[HardExample]:
+        if not self.examples_dir.is_dir():
+            return
+        for p in sorted(self.examples_dir.glob("*/example.json")):
+            yield HardExample(p, json.loads(p.read_text(encoding="utf-8")))
+
+    def get(self, candidate_id: str) -> HardExample | None:
+        p = self.examples_dir / _SAFE.sub("_", candidate_id) / "example.json"
+        return HardExample(p, json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else None
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(VERDICTS, 0)
+        for ex in self:
+            out[ex.verdict] = out.get(ex.verdict, 0) + 1
+        return out
+
+
+def _local_file(ref: str) -> Path | None:
+    u = urlparse(ref)
+    if u.scheme.lower() != "file" or u.netloc not in ("", "localhost"):
+        return None
+    p = Path(unquote(u.path))
+    return p if p.is_absolute() else None

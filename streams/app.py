@@ -18,6 +18,7 @@ import asyncio
 import logging
 import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -84,6 +85,20 @@ def _set_faust_fetch_max_wait(ms: int) -> None:
 
     create.__wrapped__ = original  # type: ignore[attr-defined]
     cls._create_worker_consumer = create
+
+
+def _confirming(
+    ps: PartitionState, offsets: list[int], then: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """The callback for lines that became durable: their records' derived lines are confirmed."""
+
+    def fire() -> None:
+        for o in offsets:
+            ps.confirm(o)
+        if then is not None:
+            then()
+
+    return fire
 
 
 def create_app(
@@ -192,6 +207,14 @@ def create_app(
                 continue
             done = acker.track(p, msg.offset, event.ack)
             ps = partition_state(p)
+            restored_offsets, restored = ps.take_restored()
+            if restored:
+                # derived lines the previous owner may have lost (see PartitionState.unconfirmed)
+                stats["derived_rewritten"] += len(restored)
+                (await sink()).write(
+                    restored,
+                    on_durable=_confirming(ps, restored_offsets),
+                )
             now = clock.now_ms()
             if isinstance(record, StreamTick):
                 ps.watch(sensors_by_partition.get(p, []), record.now)
@@ -208,6 +231,7 @@ def create_app(
             for cand in result.candidates:
                 await candidates_topic.send(key=cand.source_id.encode(), value=encode_event(cand))
                 stats["candidates"] += 1
+            ps.hold(msg.offset, result.derived)
             state_table[f"p{p}".encode()] = ps.to_bytes()  # one changelog record per batch
             stats["duplicates"] += result.duplicates
             stats["late"] += result.late
@@ -217,7 +241,8 @@ def create_app(
             s.write(
                 result.lines,
                 on_written=(lambda ack, st=stamps: latency.add_batch(st, ack)) if stamps else None,
-                on_durable=done,  # acked in offset order once every earlier record is durable too
+                # acked in offset order once every earlier record is durable too
+                on_durable=_confirming(ps, [msg.offset], done) if result.derived else done,
             )
 
     @app.timer(cfg.streams.tick_s)

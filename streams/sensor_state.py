@@ -77,6 +77,8 @@ class SensorState:
 @dataclass
 class StepResult:
     lines: list[str] = field(default_factory=list)
+    derived: list[str] = field(default_factory=list)
+    """The window aggregates and rule firings among `lines`: what a replay would not produce again."""
     candidates: list[IncidentCandidate] = field(default_factory=list)
     firings: int = 0
     duplicates: int = 0
@@ -106,11 +108,21 @@ class PartitionState:
         # "sensor_reading,<tags>" per sensor: building line protocol for every reading from
         # scratch cost ~10 us; with the series key cached it is a format of value and time.
         self._reading_series: dict[str, str] = {}
+        # Derived lines (windows, firings) of records whose InfluxDB write is not yet durable, by
+        # record offset. They travel with the state in the changelog: after a crash the restored
+        # state treats the replayed records as duplicates and would not produce them again, so
+        # they are rewritten from here instead (InfluxDB overwrites an identical point).
+        self.unconfirmed: dict[int, list[str]] = {}
+        self._restored: list[int] = []
 
     # --- persistence (one Faust table value per partition) ----------------------------------
     def to_bytes(self) -> bytes:
         return orjson.dumps(
-            {"v": STATE_VERSION, "sensors": {k: s.to_list() for k, s in self.sensors.items()}}
+            {
+                "v": STATE_VERSION,
+                "sensors": {k: s.to_list() for k, s in self.sensors.items()},
+                "unconfirmed": {str(k): v for k, v in self.unconfirmed.items()},
+            }
         )
 
     def load_bytes(self, raw: bytes | None) -> None:
@@ -119,6 +131,22 @@ class PartitionState:
             data = orjson.loads(raw)
             if data.get("v") == STATE_VERSION:
                 self.sensors = {k: SensorState.from_list(v) for k, v in data["sensors"].items()}
+                self.unconfirmed = {int(k): v for k, v in (data.get("unconfirmed") or {}).items()}
+                self._restored = sorted(self.unconfirmed)
+
+    def hold(self, offset: int, derived: list[str]) -> None:
+        """Keep a record's derived lines until `confirm(offset)`: they are written with the state."""
+        if derived:
+            self.unconfirmed[offset] = derived
+
+    def confirm(self, offset: int) -> None:
+        """The record's lines are durable in InfluxDB (or its spill)."""
+        self.unconfirmed.pop(offset, None)
+
+    def take_restored(self) -> tuple[list[int], list[str]]:
+        """Once after a load: the offsets and derived lines the crashed worker may not have written."""
+        offs, self._restored = self._restored, []
+        return offs, [ln for o in offs for ln in self.unconfirmed.get(o, ())]
 
     def watch(self, sensor_ids: list[str], now_ms: int) -> None:
         """Start the silence clock for registered sensors never heard from on this partition."""
@@ -280,20 +308,20 @@ class PartitionState:
             st.win_start = None
             return
         st.win_closed_until = st.win_start + self.window_ms
-        out.lines.append(
-            line(
-                "sensor_window",
-                {**tags, "window_s": str(self.window_ms // 1000)},
-                {
-                    "count": st.win_count,
-                    "mean": st.win_sum / st.win_count,
-                    "min": st.win_min,
-                    "max": st.win_max,
-                    "last": st.win_last,
-                },
-                st.win_start,
-            )
+        derived = line(
+            "sensor_window",
+            {**tags, "window_s": str(self.window_ms // 1000)},
+            {
+                "count": st.win_count,
+                "mean": st.win_sum / st.win_count,
+                "min": st.win_min,
+                "max": st.win_max,
+                "last": st.win_last,
+            },
+            st.win_start,
         )
+        out.lines.append(derived)
+        out.derived.append(derived)
         st.win_start = None
         st.win_count = 0
 
@@ -363,11 +391,11 @@ class PartitionState:
         out.firings += 1
         # a silent sensor is a maintenance matter, whatever the sensor measures
         category = Category.SENSOR_OFFLINE if rule == "silence" else info.category
-        out.lines.append(
-            line(
-                "rule_firing",
-                {**tags, "rule": rule, "state": state, "category": str(category)},
-                {"value": value, "episode_start": episode_start, "candidate_id": candidate_id},
-                ts,
-            )
+        derived = line(
+            "rule_firing",
+            {**tags, "rule": rule, "state": state, "category": str(category)},
+            {"value": value, "episode_start": episode_start, "candidate_id": candidate_id},
+            ts,
         )
+        out.lines.append(derived)
+        out.derived.append(derived)

@@ -128,3 +128,31 @@ def test_reading_for_a_window_a_tick_already_closed_is_late_not_a_second_point()
     assert not [ln for ln in ps.tick(T0 + 2 * 600_000 + 31_000).lines if ln.startswith("sensor_window")]
     res, _ = feed(ps, WL, [7.0, 8.0], t0=T0 + 600_000)  # the next window opens normally
     assert res.late == 0
+
+
+def test_derived_lines_of_unconfirmed_records_survive_a_crash():
+    """The state written to the changelog carries the derived lines (firings, windows) of records
+    not yet durable in InfluxDB; a restored state hands them back once for rewriting."""
+    ps = state()
+    res, rs = feed(ps, WL, [2.0, 2.6, 2.7])  # offset 41: the episode's firing
+    assert [ln for ln in res.derived if ln.startswith("rule_firing")] and all(
+        ln in res.lines for ln in res.derived
+    )
+    ps.hold(41, res.derived)
+    ps.hold(42, [])  # a record without derived lines is not kept
+    crashed = ps.to_bytes()  # the changelog record written before the crash
+    restored = state()
+    restored.load_bytes(crashed)
+    # the replay is a duplicate for the restored state: no firing again ...
+    assert restored.apply_batch(rs, raised_at=T0 + 999).derived == []
+    # ... so the lost firing comes back from the state, once
+    offs, lines = restored.take_restored()
+    assert offs == [41] and lines == res.derived
+    assert restored.take_restored() == ([], [])
+    restored.confirm(41)  # its rewrite is durable
+    again = state()
+    again.load_bytes(restored.to_bytes())
+    assert again.take_restored() == ([], []) and again.unconfirmed == {}
+    # a confirmed record leaves the state (the changelog stays small)
+    ps.confirm(41)
+    assert b"rule_firing" not in ps.to_bytes()

@@ -59,6 +59,17 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_MAX_RAW_BYTES = 256 * 1024
 
 
+#: The dead-letter reasons a message from MQTT can get here (the others belong to later stages).
+BRIDGE_REASONS = (
+    DeadLetterReason.OVERSIZE, DeadLetterReason.BAD_TOPIC, DeadLetterReason.NOT_UTF8, DeadLetterReason.NOT_JSON,
+    DeadLetterReason.SCHEMA, DeadLetterReason.NOT_FINITE, DeadLetterReason.UNKNOWN_SENSOR, DeadLetterReason.CLOCK_SKEW,
+)  # fmt: skip
+BRIDGE_COUNTERS = (
+    "received", "forwarded", "records", "dead_letters", "mqtt_connects", "mqtt_disconnects",
+    "mqtt_connect_failures", "kafka_connect_failures", "kafka_send_errors",
+)  # fmt: skip
+
+
 @dataclass
 class _OpenBatch:
     readings: list[Reading] = field(default_factory=list)
@@ -96,8 +107,10 @@ class SensorBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._send_locks: dict[tuple[str, int | None], asyncio.Lock] = {}  # see _send
         self.instance = f"{socket.gethostname()}:{cfg.mqtt.client_id}"
-        self.stats: Counter[str] = Counter()
-        self.dead_letter_reasons: Counter[str] = Counter()
+        # Counters start at zero so a healthy bridge writes them too, and the panels' increase
+        # (non_negative_difference) sees the first disconnect or dead letter after a start.
+        self.stats: Counter[str] = Counter(dict.fromkeys(BRIDGE_COUNTERS, 0))
+        self.dead_letter_reasons: Counter[str] = Counter({str(r): 0 for r in BRIDGE_REASONS})
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

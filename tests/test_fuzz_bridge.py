@@ -753,7 +753,8 @@ def bridge_counters(pipe: LocalPipeline) -> dict[str, int]:
 
 def bridge_dead_letter_reasons(pipe: LocalPipeline) -> dict[str, int]:
     series = pipe.influxql("SELECT last(count) FROM dead_letters WHERE component='bridge' GROUP BY reason")
-    return {s["tags"]["reason"]: int(s["values"][0][1]) for s in series}
+    counts = {s["tags"]["reason"]: int(s["values"][0][1]) for s in series}
+    return {k: v for k, v in counts.items() if v}  # the bridge writes its known reasons from zero
 
 
 def predict(validator: ReadingValidator, case: Case, now: int) -> tuple[str, int, float] | R:

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gridwatch.city import Level
 from gridwatch.dispatch.machine import (
@@ -151,7 +151,14 @@ class IncidentMachine(RuleBasedStateMachine):
         self.plan = plan()
         self.now = T0
         self.inc = new_incident("inc-p", GRID.id, Level.GRID, T0, self.plan)
+        self.first = State.DISPATCHED
         self.trail: list[Transition] = []
+
+    @initialize(review=st.booleans())
+    def start(self, review: bool) -> None:
+        """Half the runs start held for review (the trigger line's `review: always`)."""
+        self.inc = new_incident("inc-p", GRID.id, Level.GRID, T0, self.plan, review=review)
+        self.first = self.inc.state
 
     def _apply(self, c: Command) -> None:
         try:
@@ -178,9 +185,20 @@ class IncidentMachine(RuleBasedStateMachine):
         to=st.sampled_from(NODES),
         ok=st.booleans(),
         reason=st.sampled_from(["", "not ours"]),
+        extra=st.sampled_from(
+            [
+                {},
+                {"into": "inc-q"},
+                {"into": "inc-p"},
+                {"note": "seen"},
+                {"category": "smoke", "from_category": "noise"},
+            ]
+        ),
     )
-    def command(self, kind: CommandKind, actor: str, node: str, to: str, ok: bool, reason: str) -> None:
-        self._apply(cmd(kind, actor, node, to_node=to, ok=ok, reason=reason))
+    def command(
+        self, kind: CommandKind, actor: str, node: str, to: str, ok: bool, reason: str, extra: dict[str, str]
+    ) -> None:
+        self._apply(cmd(kind, actor, node, to_node=to, ok=ok, reason=reason, **extra))
 
     @rule(stale=st.booleans())
     def deadline(self, stale: bool) -> None:
@@ -195,7 +213,10 @@ class IncidentMachine(RuleBasedStateMachine):
     @invariant()
     def valid(self) -> None:
         inc = self.inc
-        assert inc.node_id == inc.chain[-1]
+        if inc.state is State.PENDING_REVIEW:
+            assert inc.chain == () and pending_deadline(inc) is None  # no team sees it, no clock runs
+        else:
+            assert inc.node_id == inc.chain[-1]
         assert inc.level == demo_city().level_of(inc.node_id)
         if inc.state in TERMINAL_STATES:
             assert pending_deadline(inc) is None and inc.closed_at is not None
@@ -203,7 +224,7 @@ class IncidentMachine(RuleBasedStateMachine):
             assert inc.deadlines["ack"] <= inc.deadlines["arrive"] <= inc.deadlines["resolve"]
         changed = [t for t in self.trail if t.changed]
         assert inc.version == 1 + len(changed)
-        prev = State.DISPATCHED
+        prev = self.first
         for t in changed:
             assert t.from_state == prev
             prev = t.to_state

@@ -10,23 +10,50 @@ Files go to `<directory>/<camera_id>/<YYYY-MM-DD>/<name>.jpg`, written to a temp
 renamed, so a reader never sees half a JPEG; the reference is the file's URI (or
 `uri_prefix + relative path` when the store is served, e.g. by the wall screens' web server).
 The image is the frame under a header strip, so no pixel of the scene is hidden by the text.
+
+For the retraining loop (issue 8, docs/DATASETS.md) a candidate's snapshot also keeps, unless
+`keep_raw_frame` is off, beside the annotated picture:
+
+    <name>.frame.jpg         the raw frame the rules saw (no drawings: a training image)
+    <name>.detections.json   that frame's detections (DETECTIONS_FORMAT, below)
+
+attached as two more `EvidenceRef`s after the annotated snapshot (which stays `evidence[0]`: the
+console and the team pushes show the first). Their kinds are "frame" and "detections";
+`gridwatch.dataset.hard_examples.evidence_role()` tells the three apart (also by the file names).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import supervision as sv
 from pydantic import BaseModel, ConfigDict, Field
 
+from gridwatch.dataset.hard_examples import DETECTIONS_SUFFIX, FRAME_SUFFIX, evidence_role
 from gridwatch.detectors.zones import ZoneConfig
 from gridwatch.schemas import EvidenceRef, IncidentCandidate
+
+__all__ = [
+    "DETECTIONS_FORMAT",
+    "DETECTIONS_KIND",
+    "DETECTIONS_SUFFIX",
+    "FRAME_KIND",
+    "FRAME_SUFFIX",
+    "EvidenceConfig",
+    "EvidenceStore",
+    "attach_evidence",
+    "detections_to_json",
+    "evidence_role",
+    "render_snapshot",
+]
 
 _KIND_COLOURS = {  # BGR
     "gathering": (255, 160, 0),
@@ -35,6 +62,17 @@ _KIND_COLOURS = {  # BGR
 }
 _BOX = (60, 220, 60)
 _HIT = (0, 0, 255)
+
+FRAME_KIND = "frame"
+"""`EvidenceRef.kind` of the raw frame."""
+DETECTIONS_KIND = "detections"
+"""`EvidenceRef.kind` of the detections sidecar."""
+DETECTIONS_FORMAT = "gridwatch-detections"
+"""The sidecar: {"format": DETECTIONS_FORMAT, "version": 1, "candidate_id", "camera_id", "ts_ms",
+"model_version", "image": {"file", "width", "height"}, "source": "detector" | "tracked",
+"detections": [{"xyxy": [x0, y0, x1, y1], "class_id", "class_name", "confidence", "tracker_id"}]}
+in the raw frame's pixels; `source` says whether the list is the detector's full output (tracker ids
+matched from the tracked detections) or only what the tracker kept."""
 
 
 class EvidenceConfig(BaseModel):
@@ -51,6 +89,13 @@ class EvidenceConfig(BaseModel):
     )
     jpeg_quality: int = Field(
         85, ge=30, le=100, title="JPEG quality", description="cv2 IMWRITE_JPEG_QUALITY."
+    )
+    keep_raw_frame: bool = Field(
+        True,
+        title="Keep the raw frame",
+        description="Also store each candidate's raw frame (`<name>.frame.jpg`, no drawings) and its "
+        "detections (`<name>.detections.json`) beside the annotated snapshot, for the retraining "
+        "loop's datasets (docs/DATASETS.md). Off: only the annotated snapshot.",
     )
 
 
@@ -119,25 +164,78 @@ def render_snapshot(
 
 
 class EvidenceStore:
-    """Writes snapshots to a local directory and returns `EvidenceRef(kind="snapshot")`."""
+    """Writes snapshots to a local directory and returns `EvidenceRef(kind="snapshot")` (plus the raw
+    frame and its detections for candidates, `keep_raw_frame`)."""
 
     def __init__(self, cfg: EvidenceConfig) -> None:
         self.cfg = cfg
 
-    def save(self, image: np.ndarray, *, camera_id: str, ts_ms: int, name: str) -> EvidenceRef:
+    def _target(self, camera_id: str, ts_ms: int, name: str, suffix: str) -> tuple[Path, Path]:
         day = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
         safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
-        rel = Path(camera_id) / day / f"{safe}.jpg"
+        rel = Path(camera_id) / day / f"{safe}{suffix}"
         path = self.cfg.directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
+        return rel, path
+
+    def _write(self, rel: Path, path: Path, data: bytes) -> str:
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return self.cfg.uri_prefix + rel.as_posix() if self.cfg.uri_prefix else path.resolve().as_uri()
+
+    def _jpeg(self, image: np.ndarray, rel: Path) -> bytes:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
         if not ok:
             raise OSError(f"could not encode the snapshot {rel} as JPEG")
-        tmp = path.with_suffix(f".jpg.tmp{os.getpid()}")
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-        ref = self.cfg.uri_prefix + rel.as_posix() if self.cfg.uri_prefix else path.resolve().as_uri()
+        return bytes(buf.tobytes())
+
+    def save(self, image: np.ndarray, *, camera_id: str, ts_ms: int, name: str) -> EvidenceRef:
+        rel, path = self._target(camera_id, ts_ms, name, ".jpg")
+        ref = self._write(rel, path, self._jpeg(image, rel))
         return EvidenceRef(kind="snapshot", ref=ref, note=f"{camera_id} at {_utc(ts_ms)}")
+
+    def save_raw(
+        self,
+        frame: np.ndarray,
+        *,
+        camera_id: str,
+        ts_ms: int,
+        name: str,
+        detections: sv.Detections | None = None,
+        raw_detections: sv.Detections | None = None,
+        model_version: str | None = None,
+    ) -> list[EvidenceRef]:
+        """The raw frame (`<name>.frame.jpg`) and its detections (`<name>.detections.json`).
+
+        `raw_detections` (the detector's full output for the frame) are preferred: near-threshold
+        and short-lived detections the tracker drops are what a dataset wants; their tracker ids
+        come from `detections` (the tracked ones). Without them the tracked detections are written."""
+        img = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        rel, path = self._target(camera_id, ts_ms, name, FRAME_SUFFIX)
+        frame_ref = self._write(rel, path, self._jpeg(img, rel))
+        h, w = img.shape[:2]
+        doc = {
+            "format": DETECTIONS_FORMAT,
+            "version": 1,
+            "candidate_id": name,
+            "camera_id": camera_id,
+            "ts_ms": ts_ms,
+            "model_version": model_version,
+            "image": {"file": path.name, "width": int(w), "height": int(h)},
+            "source": "detector" if raw_detections is not None else "tracked",
+            "detections": detections_to_json(
+                raw_detections if raw_detections is not None else detections,
+                tracked=detections if raw_detections is not None else None,
+            ),
+        }
+        rel_d, path_d = self._target(camera_id, ts_ms, name, DETECTIONS_SUFFIX)
+        det_ref = self._write(rel_d, path_d, json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8"))
+        n = len(doc["detections"])
+        return [
+            EvidenceRef(kind=FRAME_KIND, ref=frame_ref, note=f"raw frame {w}x{h}, no drawings"),
+            EvidenceRef(kind=DETECTIONS_KIND, ref=det_ref, note=f"detections of the frame ({n}, JSON)"),
+        ]
 
     def snapshot(
         self,
@@ -146,8 +244,10 @@ class EvidenceStore:
         *,
         detections: sv.Detections | None = None,
         zones: Sequence[ZoneConfig] = (),
+        raw_detections: sv.Detections | None = None,
     ) -> IncidentCandidate:
-        """Render and store the snapshot of one candidate; returns the candidate with it attached."""
+        """Render and store the snapshot of one candidate; returns the candidate with it attached
+        (then, with `keep_raw_frame`, the raw frame and the detections sidecar)."""
         box = candidate.details.get("box")
         img = render_snapshot(
             frame,
@@ -163,7 +263,57 @@ class EvidenceStore:
         ref = self.save(
             img, camera_id=candidate.source_id, ts_ms=candidate.raised_at, name=candidate.candidate_id
         )
-        return attach_evidence(candidate, [ref])
+        refs = [ref]
+        if self.cfg.keep_raw_frame:
+            refs += self.save_raw(
+                frame,
+                camera_id=candidate.source_id,
+                ts_ms=candidate.raised_at,
+                name=candidate.candidate_id,
+                detections=detections,
+                raw_detections=raw_detections,
+                model_version=candidate.model_version,
+            )
+        return attach_evidence(candidate, refs)
+
+
+def detections_to_json(
+    detections: sv.Detections | None, *, tracked: sv.Detections | None = None
+) -> list[dict[str, Any]]:
+    """Detections as JSON-ready dicts (pixel xyxy rounded to 0.01). With `tracked`, a detection takes
+    the tracker id of the tracked detection of the same class whose box it overlaps by IoU >= 0.9
+    (ByteTrack returns the detector's own boxes, so the match is exact in practice)."""
+    if detections is None or not len(detections):
+        return []
+    names = detections.data.get("class_name") if detections.data else None
+    tids: list[int | None] = [None] * len(detections)
+    if detections.tracker_id is not None:
+        tids = [int(t) if t is not None and int(t) >= 0 else None for t in detections.tracker_id]
+    elif tracked is not None and len(tracked) and tracked.tracker_id is not None:
+        iou = sv.box_iou_batch(detections.xyxy, tracked.xyxy)
+        for i in range(len(detections)):
+            j = int(np.argmax(iou[i]))
+            same = (
+                detections.class_id is None
+                or tracked.class_id is None
+                or int(detections.class_id[i]) == int(tracked.class_id[j])
+            )
+            if iou[i, j] >= 0.9 and same and int(tracked.tracker_id[j]) >= 0:
+                tids[i] = int(tracked.tracker_id[j])
+    out = []
+    for i, box in enumerate(detections.xyxy):
+        out.append(
+            {
+                "xyxy": [round(float(v), 2) for v in box[:4]],
+                "class_id": None if detections.class_id is None else int(detections.class_id[i]),
+                "class_name": None if names is None else str(names[i]),
+                "confidence": None
+                if detections.confidence is None
+                else round(float(detections.confidence[i]), 4),
+                "tracker_id": tids[i],
+            }
+        )
+    return out
 
 
 def attach_evidence(candidate: IncidentCandidate, refs: Sequence[EvidenceRef]) -> IncidentCandidate:

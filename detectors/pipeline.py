@@ -100,7 +100,13 @@ class CameraPipeline:
             if self.location is not None and c.location is None:
                 c = c.model_copy(update={"location": self.location})
             if self.evidence is not None:
-                c = self.evidence.snapshot(image, c, detections=step.detections, zones=self.zones)
+                c = self.evidence.snapshot(
+                    image,
+                    c,
+                    detections=step.detections,
+                    zones=self.zones,
+                    raw_detections=self.last_detections,
+                )
             cands.append(c)
         self.stats.rules_ms += (time.perf_counter() - t2) * 1000
         self.stats.candidates += len(cands)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -303,6 +304,95 @@ def dashboards_push(
         raise typer.Exit(2) from None
     for o in report.objects:
         print(f"{o.kind:<10} {o.uid:<28} {o.action:<9} {o.title}")
+
+
+dataset_app = typer.Typer(
+    help="Datasets for retraining: hard examples -> versions, COCO / YOLO export, COCO import.",
+    no_args_is_help=True,
+)
+app.add_typer(dataset_app, name="dataset")
+
+
+def _dataset_errors(fn: Callable[[], object]) -> None:
+    from gridwatch.dataset.cli import DatasetError
+
+    try:
+        fn()
+    except DatasetError as e:
+        console.print(f"[red]dataset error[/red]\n{e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@dataset_app.command("sample")
+def dataset_sample_cmd(
+    from_dir: Path = typer.Option(..., "--from", help="The hard-example store (dispatch.hard_examples_dir)."),
+    to: Path = typer.Option(..., "--to", help="The datasets root; the version goes to ROOT/NAME/v<N>."),
+    name: str = typer.Option(..., "--name", help="The dataset's name."),
+    seed: int = typer.Option(0, help="Seed of every random draw (same seed, same version)."),
+    per_camera_cap: int | None = typer.Option(200, help="Most images of one camera in the version."),
+    per_day_cap: int | None = typer.Option(500, help="Most images of one UTC day in the version."),
+    random_share: float = typer.Option(0.05, help="Share of all examples picked at random."),
+    positive_share: float = typer.Option(0.5, help="Share of the other confirmed/verified examples picked."),
+    threshold: float = typer.Option(0.35, help="The detector's score threshold."),
+    near_margin: float = typer.Option(
+        0.1, help="Confidence within threshold + this is 'near the threshold'."
+    ),
+    labels: Path | None = typer.Option(
+        None, help="labels.json or a model directory (default: the bundled model's)."
+    ),
+) -> None:
+    """Sample hard examples into a new dataset version (docs/DATASETS.md); JSON summary last."""
+    from gridwatch.dataset.cli import dataset_sample
+
+    _dataset_errors(
+        lambda: dataset_sample(
+            from_dir,
+            to,
+            name,
+            seed=seed,
+            per_camera_cap=per_camera_cap,
+            per_day_cap=per_day_cap,
+            random_share=random_share,
+            positive_share=positive_share,
+            threshold=threshold,
+            near_margin=near_margin,
+            labels=labels,
+            console=console,
+        )  # fmt: skip
+    )
+
+
+@dataset_app.command("export")
+def dataset_export_cmd(
+    version_dir: Path = typer.Argument(..., help="A dataset version, e.g. var/datasets/city/v3."),
+    fmt: str = typer.Option(..., "--format", help="coco or yolo."),
+    out: Path = typer.Option(..., "--out", help="An absent or empty directory."),
+) -> None:
+    """Export a dataset version as COCO JSON or YOLO txt; JSON summary last."""
+    from gridwatch.dataset.cli import dataset_export
+
+    _dataset_errors(lambda: dataset_export(version_dir, fmt, out, console=console))
+
+
+@dataset_app.command("import")
+def dataset_import_cmd(
+    version_dir: Path = typer.Argument(..., help="The version the file was exported from (the parent)."),
+    coco_json: Path = typer.Argument(..., help="Corrected COCO JSON (CVAT, Label Studio, ...)."),
+) -> None:
+    """Import corrected COCO annotations as a NEW version (parent VERSION_DIR); JSON summary last."""
+    from gridwatch.dataset.cli import dataset_import
+
+    _dataset_errors(lambda: dataset_import(version_dir, coco_json, console=console))
+
+
+@dataset_app.command("list")
+def dataset_list_cmd(
+    datasets_root: Path = typer.Argument(..., help="The datasets root, e.g. var/datasets."),
+) -> None:
+    """Every dataset and version with its counts; JSON summary last."""
+    from gridwatch.dataset.cli import dataset_list
+
+    _dataset_errors(lambda: dataset_list(datasets_root, console=console))
 
 
 @report_app.command("monthly")

@@ -161,7 +161,7 @@ class Location(_Schema):
 class EvidenceRef(_Schema):
     schema_name: ClassVar[str] = "evidence_ref"
     version: ClassVar[int] = 1
-    kind: Literal["reading_window", "snapshot", "clip", "report", "photo"] = Field(
+    kind: Literal["reading_window", "snapshot", "clip", "report", "photo", "frame", "detections"] = Field(
         title="Kind", description="What the reference points at."
     )
     ref: str = Field(title="Reference", description="URI or query that retrieves the evidence.")

@@ -518,7 +518,9 @@ def test_evidence_snapshot_from_real_frame(tmp_path):
     d.tracker_id = np.array([12])
     store = EvidenceStore(EvidenceConfig(directory=tmp_path))
     with_ev = store.snapshot(frame, cand, detections=d, zones=cfg.camera.zones)
-    (ref,) = with_ev.evidence
+    ref, frame_ref, det_ref = with_ev.evidence  # annotated first, then the raw frame and its detections
+    assert frame_ref.kind == "frame" and frame_ref.ref.endswith(f"{cand.candidate_id}.frame.jpg")
+    assert det_ref.kind == "detections" and det_ref.ref.endswith(f"{cand.candidate_id}.detections.json")
     assert (
         ref.kind == "snapshot"
         and ref.ref.startswith("file://")

@@ -7,12 +7,17 @@ example directory
 
     <root>/examples/<candidate_id>/example.json     what was seen and what the verdict was
     <root>/examples/<candidate_id>/evidence-<n>.jpg  copies of the candidate's local evidence
+                                                     (evidence-0.jpg: the annotated snapshot)
+    <root>/examples/<candidate_id>/frame.jpg         the raw frame (no drawings: a training image)
+    <root>/examples/<candidate_id>/detections.json   the frame's detections (detectors/evidence.py)
 
 `example.json` (version 1): candidate id, incident id, camera, zone, category, confidence, rule,
 model version, observed time, the rule's `box` and `track_ids`, the candidate's details, the
-evidence references (with the copied file's name when the evidence was a local file), and the
-verdict with its author, time and reason; earlier verdicts on the same candidate are kept in
-`history` (a confirmed incident that a team later calls a false alarm ends as a false alarm).
+evidence references (with the copied file's name when the evidence was a local file, and its
+`role`: snapshot, frame or detections), `frame` and `detections` (the copied files' names, or
+null when the camera kept no raw frame), and the verdict with its author, time and reason;
+earlier verdicts on the same candidate are kept in `history` (a confirmed incident that a team
+later calls a false alarm ends as a false alarm).
 
 Writes are idempotent (same candidate, same verdict: nothing new) and atomic (temporary file +
 rename), so a retried command or a replay never leaves half an example. Sensor and citizen
@@ -34,13 +39,45 @@ from urllib.parse import unquote, urlparse
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VERDICTS", "HardExample", "HardExampleStore", "SourceRecord"]
+__all__ = [
+    "DETECTIONS_SUFFIX",
+    "FRAME_SUFFIX",
+    "VERDICTS",
+    "HardExample",
+    "HardExampleStore",
+    "SourceRecord",
+    "evidence_role",
+]
 
 VERDICTS = ("false_alarm", "confirmed", "verified")
 """false_alarm: dismissed (in review or by the team); confirmed: dispatched after review;
 verified: closed after a verified resolution (the incident was real)."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+FRAME_SUFFIX = ".frame.jpg"
+"""A camera candidate's raw frame: `<candidate_id>.frame.jpg` beside the annotated snapshot."""
+DETECTIONS_SUFFIX = ".detections.json"
+"""A camera candidate's detections sidecar: `<candidate_id>.detections.json`."""
+_ROLE_FILES = {"frame": "frame.jpg", "detections": "detections.json"}
+
+
+def evidence_role(ev: Any) -> str | None:
+    """What a camera candidate's evidence reference (an `EvidenceRef` or its dict) is: "snapshot"
+    (annotated), "frame" (raw) or "detections" (sidecar); None for anything else. Told by the kind
+    ("frame", "detections") or by the file name's ending (evidence written before those kinds existed)."""
+    if isinstance(ev, dict):
+        kind, ref = str(ev.get("kind") or ""), str(ev.get("ref") or "")
+    else:
+        kind, ref = str(getattr(ev, "kind", "") or ""), str(getattr(ev, "ref", "") or "")
+    path = ref.split("?", 1)[0].lower()
+    if kind == "frame" or path.endswith(FRAME_SUFFIX):
+        return "frame"
+    if kind == "detections" or path.endswith(DETECTIONS_SUFFIX):
+        return "detections"
+    if kind == "snapshot":
+        return "snapshot"
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,6 +104,22 @@ class HardExample:
     @property
     def verdict(self) -> str:
         return str(self.data["verdict"]["label"])
+
+    @property
+    def candidate_id(self) -> str:
+        return str(self.data["candidate_id"])
+
+    @property
+    def frame_path(self) -> Path | None:
+        """The copied raw frame, if the camera kept one (older examples: None)."""
+        name = self.data.get("frame")
+        return self.path.parent / name if name and (self.path.parent / name).is_file() else None
+
+    def detections(self) -> dict[str, Any] | None:
+        """The frame's detections sidecar (detectors/evidence.py DETECTIONS_FORMAT), if kept."""
+        name = self.data.get("detections")
+        p = self.path.parent / name if name else None
+        return json.loads(p.read_text(encoding="utf-8")) if p is not None and p.is_file() else None
 
 
 class HardExampleStore:
@@ -114,13 +167,21 @@ class HardExampleStore:
                 return None  # the same verdict again (a retried command): nothing new
             history = [*old.get("history", []), old["verdict"]]
         evidence = []
+        kept: dict[str, str | None] = dict.fromkeys(_ROLE_FILES)
         for n, ev in enumerate(src.evidence):
             item = dict(ev)
+            role = evidence_role(ev)
+            if role is not None:
+                item["role"] = role
             local = _local_file(str(ev.get("ref") or ""))
             if local is not None and local.is_file():
                 name = f"evidence-{n}{local.suffix.lower()}"
+                if role in _ROLE_FILES and kept[role] is None:
+                    name = kept[role] = _ROLE_FILES[role]
                 if not (d / name).exists():
-                    shutil.copyfile(local, d / name)
+                    tmp = d / f"{name}.tmp{os.getpid()}"
+                    shutil.copyfile(local, tmp)
+                    os.replace(tmp, d / name)
                 item["file"] = name
             evidence.append(item)
         data = {
@@ -139,6 +200,8 @@ class HardExampleStore:
             "track_ids": src.details.get("track_ids"),
             "details": src.details,
             "evidence": evidence,
+            "frame": kept["frame"],
+            "detections": kept["detections"],
             "verdict": verdict,
             "history": history,
         }

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -393,6 +394,128 @@ def dataset_list_cmd(
     from gridwatch.dataset.cli import dataset_list
 
     _dataset_errors(lambda: dataset_list(datasets_root, console=console))
+
+
+models_app = typer.Typer(
+    help="The model registry: versions, lineage, figures; promote, roll back (docs/MODELS.md).",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+def _registry(config: Path | None) -> Any:
+    cfg = _load(config)
+    try:
+        from gridwatch.model_registry import ModelRegistry
+    except ImportError:
+        console.print("[red]the model registry needs the `train` extra[/red]: pip install -e '.[train]'")
+        raise typer.Exit(2) from None
+    return ModelRegistry(cfg.models.registry_dir)
+
+
+def _registry_errors(fn: Callable[[], object]) -> object:
+    from gridwatch.model_registry import RegistryError
+
+    try:
+        return fn()
+    except RegistryError as e:
+        console.print(f"[red]refused[/red]: {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@models_app.command("list")
+def models_list(
+    kind: str = typer.Option("detector", help="detector or verifier."), config: Path = ConfigOpt
+) -> None:
+    """Every version with its aliases, lineage and headline figures; JSON last."""
+    reg = _registry(config)
+    vs = _registry_errors(lambda: reg.versions(kind))
+    from rich.table import Table
+
+    t = Table(title=f"{kind} versions ({reg.root})")
+    for col in ("version", "aliases", "parent", "dataset", "clips F1", "clips S", "sha256"):
+        t.add_column(col)
+    for v in vs:  # type: ignore[attr-defined]
+        t.add_row(
+            str(v.version), ", ".join(v.aliases), v.parent or "-", v.dataset or "-",
+            str(v.metrics.get("clips.overall.f1", "-")), str(v.metrics.get("clips.overall.s_score", "-")),
+            v.sha256[:12],
+        )  # fmt: skip
+    console.print(t)
+    print(json.dumps({"kind": kind, "versions": [v.as_dict() for v in vs]}))  # type: ignore[attr-defined]
+
+
+@models_app.command("show")
+def models_show(
+    kind: str = typer.Argument(..., help="detector or verifier."),
+    ref: str = typer.Argument(..., help="A version number or an alias (production, shadow, candidate)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """One version: files, sha256, parent, dataset, every metric, aliases; and the promotion history."""
+    reg = _registry(config)
+    v = _registry_errors(lambda: reg.get(kind, ref))
+    print(json.dumps({**v.as_dict(), "history": reg.history(kind)}, indent=1))  # type: ignore[attr-defined]
+
+
+@models_app.command("register")
+def models_register(
+    model_dir: Path = typer.Argument(..., help="A model directory: one .onnx plus its card and label map."),
+    kind: str = typer.Option("detector", help="detector or verifier."),
+    eval_json: Path | None = typer.Option(
+        None, help="The last line of `gridwatch eval detectors` on the standard clips: its figures."
+    ),
+    parent: str | None = typer.Option(None, help="The version it was trained from."),
+    dataset: str | None = typer.Option(None, help="The dataset version it was trained on."),
+    description: str = typer.Option("", help="One line on what changed."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Register a new version (sha256, lineage, figures); JSON last."""
+    from gridwatch.model_registry import flatten_eval
+
+    metrics = {}
+    if eval_json is not None:
+        try:
+            metrics = flatten_eval(json.loads(eval_json.read_text(encoding="utf-8").strip().splitlines()[-1]))
+        except (OSError, ValueError, IndexError) as e:
+            console.print(f"[red]{eval_json}[/red]: not the JSON figures of `gridwatch eval detectors` ({e})")
+            raise typer.Exit(2) from None
+    reg = _registry(config)
+    v = _registry_errors(
+        lambda: reg.register(
+            model_dir, kind=kind, metrics=metrics, parent=parent, dataset=dataset, description=description
+        )
+    )
+    print(json.dumps(v.as_dict()))  # type: ignore[attr-defined]
+
+
+@models_app.command("promote")
+def models_promote(
+    kind: str = typer.Argument(..., help="detector or verifier."),
+    version: int = typer.Argument(..., help="The version to point the alias at."),
+    alias: str = typer.Option("production", help="production, shadow or candidate."),
+    force: bool = typer.Option(False, help="Promote even if worse than production on a standard metric."),
+    reason: str = typer.Option("", help="Why (required with --force; recorded)."),
+    by: str = typer.Option("", help="Who (recorded)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Point an alias at a version; production refuses a version worse than the current one."""
+    reg = _registry(config)
+    d = _registry_errors(lambda: reg.promote(kind, version, alias=alias, force=force, reason=reason, by=by))
+    print(json.dumps({"kind": kind, "alias": alias, "version": d.version, "sha256": d.sha256}))  # type: ignore[attr-defined]
+
+
+@models_app.command("rollback")
+def models_rollback(
+    kind: str = typer.Argument(..., help="detector or verifier."),
+    alias: str = typer.Option("production", help="production, shadow or candidate."),
+    reason: str = typer.Option("", help="Why (recorded)."),
+    by: str = typer.Option("", help="Who (recorded)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Back to the version the alias held before its latest promotion."""
+    reg = _registry(config)
+    d = _registry_errors(lambda: reg.rollback(kind, alias=alias, reason=reason, by=by))
+    print(json.dumps({"kind": kind, "alias": alias, "version": d.version, "sha256": d.sha256}))  # type: ignore[attr-defined]
 
 
 @report_app.command("monthly")

@@ -695,6 +695,17 @@ class CamerasConfig(_Model):
         return self
 
 
+class ModelsConfig(_Model):
+    """The model registry (docs/MODELS.md): detector and verifier versions, aliases, lineage."""
+
+    registry_dir: Path = Field(
+        Path("var/models"),
+        title="Registry directory",
+        description="MLflow registry (SQLite + file artifacts) and the `deployed/` pointers camera "
+        "workers read; relative to the config file.",
+    )
+
+
 class ConsoleConfig(_Model):
     """The operator console (docs/CONSOLE.md), served by the dispatch service under /console."""
 
@@ -742,6 +753,9 @@ class GridwatchConfig(_Model):
     )
     console: ConsoleConfig = Field(
         default_factory=ConsoleConfig, title="Operator console", description="Users of the web console."
+    )
+    models: ModelsConfig = Field(
+        default_factory=ModelsConfig, title="Models", description="The model registry (retraining loop)."
     )
     sensor_files: list[Path] = Field(
         default_factory=list,
@@ -897,7 +911,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         det = cams.get("detector")
         if isinstance(det, dict) and isinstance(det.get("model_dir"), str):
             det["model_dir"] = str(_resolve(det["model_dir"], base))
-    for section, key in (("influx", "spill_dir"), ("streams", "data_dir")):
+    for section, key in (("influx", "spill_dir"), ("streams", "data_dir"), ("models", "registry_dir")):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             sec[key] = str(_resolve(sec[key], base))

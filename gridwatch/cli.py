@@ -601,6 +601,17 @@ def bench_dispatch(
     )
 
 
+@bench_app.command("console")
+def bench_console(
+    open_: int = typer.Option(10_000, "--open", help="Open incidents in the ledger during the run."),
+    events: int = typer.Option(200, help="Candidates to time, one at a time."),
+) -> None:
+    """Candidate on Kafka -> its row in the console in headless chromium, p50/p99, beside the bare event stream."""
+    from gridwatch.bench.console import run_console_bench
+
+    print(json.dumps(run_console_bench(open_incidents=open_, events=events, console=console)))
+
+
 @bench_app.command("cameras")
 def bench_cameras(
     cameras: str = typer.Option("4,8,12,16,20", help="Camera counts to try, comma-separated (a ladder)."),

@@ -25,6 +25,7 @@ from gridwatch.console import ConsoleUser, build_console_router, hash_password, 
 from gridwatch.console.demo import bulk_incidents, free_port, start_server
 from gridwatch.console.feed import ChangeFeed
 from gridwatch.console.i18n import LABELS
+from gridwatch.dataset.hard_examples import HardExampleStore
 from gridwatch.dispatch.core import DispatchCore
 from gridwatch.dispatch.machine import Command, CommandKind
 from gridwatch.dispatch.models import TransitionRow
@@ -176,7 +177,8 @@ def test_team_sees_and_acts_only_on_its_own_incidents(core: DispatchCore, pw_has
     rows = c.get("/console/api/incidents").json()
     assert [r["id"] for r in rows["rows"]] == [mine] and rows["total"] == 1
     assert [m[0] for m in c.get("/console/api/markers").json()["markers"]] == [mine]
-    assert [r["id"] for r in c.get("/console/api/review").json()["rows"]] == [mine]
+    q = c.get("/console/api/review").json()  # review decisions are the centre's, not a team's
+    assert q["rows"] == [] and not q["can_review"] and q["can_note"]
     assert c.get(f"/console/incidents/{other}").status_code == 403
     csrf = csrf_of(c, f"/console/incidents/{mine}")
     r = c.post(f"/console/incidents/{other}/act", data={"command": "acknowledge", "csrf": csrf})
@@ -277,39 +279,137 @@ def test_escalate_and_redispatch_by_hand(core: DispatchCore, pw_hash: str) -> No
     assert kinds[-2:] == [("escalate", "operator", "op"), ("redispatch", "operator", "op")]
 
 
-# --- review queue ------------------------------------------------------------------------------------
+# --- review queue ---------------------------------------------------------------------------------
 
 
-def test_review_queue_confirm_and_false_alarm(core: DispatchCore, pw_hash: str) -> None:
+@pytest.fixture
+def review_core(tmp_path: Path) -> Iterator[DispatchCore]:
+    """Every trigger line says `review: always`: sensor and camera candidates wait for an operator."""
+    from tests.dispatch_helpers import demo_config
+
+    triggers = [
+        {**t.model_dump(mode="json"), "review": "always"} for t in demo_config(None).dispatch.triggers
+    ]
+    c = make_core(
+        f"sqlite:///{tmp_path}/ledger.db", triggers=triggers, hard_examples_dir=str(tmp_path / "hard")
+    )
+    yield c
+    c.ledger.close()
+
+
+def test_review_queue_is_fifo_and_confirm_dispatches(review_core: DispatchCore, pw_hash: str) -> None:
+    core = review_core
     a = incident(core, "cam-1", grid=1, kind="camera")
+    core.clock.advance(5)  # type: ignore[attr-defined]
     b = incident(core, "s-2", grid=2)
-    app, router = make_app(core, pw_hash)
+    assert core.ledger.incident_row(a).state == "pending_review"
+    assert core.ledger.deliveries(a) == []  # nobody told yet
+    app, _ = make_app(core, pw_hash)
     c = TestClient(app)
     login(c, "op")
     q = c.get("/console/api/review").json()
-    assert {r["id"] for r in q["rows"]} == {a, b} and q["can_confirm"] and q["can_false_alarm"]
-    src = next(r for r in q["rows"] if r["id"] == a)["source_list"][0]
+    assert [r["id"] for r in q["rows"]] == [a, b] and q["total"] == 2  # oldest first
+    assert q["can_review"] and q["can_note"]
+    src = q["rows"][0]["source_list"][0]
     assert (src["kind"], src["confidence"]) == ("camera", 1.0)
+    # the detail page offers the review decisions (and a note) while pending
+    offered = re.findall(r'name="command" value="(\w+)"', c.get(f"/console/incidents/{a}").text)
+    assert {"confirm", "recategorise", "merge", "false_alarm", "note"} <= set(offered)
+    assert "acknowledge" not in offered and "escalate" not in offered
     h = {"X-CSRF-Token": csrf_of(c)}
-    assert (
-        c.post(f"/console/api/incidents/{a}/act", json={"command": "confirm"}, headers=h).status_code == 200
-    )
-    assert router.confirmed[a]["by"] == "op"
+    r = c.post(f"/console/api/incidents/{a}/act", json={"command": "confirm"}, headers=h)
+    assert r.status_code == 200 and r.json()["state"] == "dispatched"
+    row = core.ledger.incident_row(a)
+    assert row.next_due_at is not None and row.chain == [row.node_id]
+    conf = core.ledger.transitions(a)[-1]
+    assert (conf.kind, conf.actor, conf.by, conf.to_state) == ("confirm", "operator", "op", "dispatched")
+    assert [d.node_id for d in core.ledger.deliveries(a) if d.event == "dispatched"]  # the team's push
     assert [r["id"] for r in c.get("/console/api/review").json()["rows"]] == [b]
-    assert {r["id"] for r in c.get("/console/api/review?show_confirmed=1").json()["rows"]} == {a, b}
-    r = c.post(f"/console/api/incidents/{b}/act", json={"command": "false_alarm"}, headers=h)
-    assert r.status_code == 409 and "reason" in r.json()["detail"]
-    r = c.post(
-        f"/console/api/incidents/{b}/act", json={"command": "false_alarm", "reason": "阴影"}, headers=h
-    )
-    assert r.json()["state"] == "false_alarm"
-    fa = core.ledger.transitions(b)[-1]
-    assert (fa.kind, fa.actor, fa.by, fa.note) == ("false_alarm", "team", "op", "阴影")
-    # viewers see the queue but no buttons
+    # confirming twice is refused by the state machine (409), and changes nothing
+    r = c.post(f"/console/api/incidents/{a}/act", json={"command": "confirm"}, headers=h)
+    assert r.status_code == 409
+    # viewers see the queue but may not decide; teams may not confirm
     v = TestClient(app)
     login(v, "view")
     q = v.get("/console/api/review").json()
-    assert not q["can_confirm"] and not q["can_false_alarm"]
+    assert [r["id"] for r in q["rows"]] == [b] and not q["can_review"] and not q["can_note"]
+    t = TestClient(app)
+    login(t, "team0")
+    r = t.post(f"/console/api/incidents/{b}/act", json={"command": "confirm"},
+               headers={"X-CSRF-Token": csrf_of(t)})  # fmt: skip
+    assert r.status_code == 403
+
+
+def test_review_dismiss_recategorise_merge_and_note(
+    review_core: DispatchCore, pw_hash: str, tmp_path: Path
+) -> None:
+    core = review_core
+    cam = incident(core, "cam-9", grid=1, kind="camera", category="illegal_dumping")
+    other = incident(core, "s-3", grid=3, category="water_level")
+    dup = incident(core, "s-4", grid=4, category="smoke")
+    target = incident(core, "s-5", grid=4, category="smoke", offset_m=300)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    h = {"X-CSRF-Token": csrf_of(c)}
+    act = lambda iid, **body: c.post(f"/console/api/incidents/{iid}/act", json=body, headers=h)  # noqa: E731
+    # dismiss (false alarm while pending review): the operator's own decision, reason required
+    assert act(cam, command="false_alarm").status_code == 409
+    r = act(cam, command="false_alarm", reason="阴影")
+    assert r.status_code == 200 and r.json()["state"] == "false_alarm"
+    fa = core.ledger.transitions(cam)[-1]
+    assert (fa.kind, fa.actor, fa.by, fa.note) == ("false_alarm", "operator", "op", "阴影")
+    assert "on_behalf_of" not in fa.params
+    store = HardExampleStore(tmp_path / "hard")  # the camera's candidate is a hard example now
+    assert [(x.data["incident_id"], x.verdict) for x in store] == [(cam, "false_alarm")]
+    # recategorise: re-routed by the trigger list, still pending
+    assert act(other, command="recategorise", category="nonsense").status_code == 422
+    r = act(other, command="recategorise", category="noise")
+    assert r.status_code == 200 and r.json()["state"] == "pending_review"
+    assert core.ledger.incident_row(other).category == "noise"
+    # merge: suggestions are the nearest open incidents of the same category
+    near = c.get(f"/console/api/incidents/{dup}/nearby").json()["rows"]
+    assert near[0]["id"] == target and 250 < near[0]["dist_m"] < 350
+    assert act(dup, command="merge", into="inc-nope").status_code == 422
+    r = act(dup, command="merge", into=target)
+    assert r.status_code == 200 and r.json()["state"] == "merged"
+    assert core.ledger.incident_row(target).source_count == 2
+    q = c.get("/console/api/review").json()
+    assert [r["id"] for r in q["rows"]] == [other, target]
+    assert q["rows"][1]["merged_in"][0]["from"] == dup
+    # a note changes nothing but the audit trail
+    r = act(target, command="note", note="已电话联系")
+    assert r.status_code == 200 and r.json()["state"] == "pending_review"
+    n = core.ledger.transitions(target)[-1]
+    assert (n.kind, n.actor, n.by, n.note, n.from_state, n.to_state) == (
+        "note", "operator", "op", "已电话联系", "pending_review", "pending_review",
+    )  # fmt: skip
+    # the board and the detail page know the new states in both languages
+    page = c.get(f"/console/incidents/{dup}").text
+    assert "已合并" in page and "合并" in page
+    states = c.get("/console/api/incidents", params={"state": "merged"}).json()["rows"]
+    assert [r["id"] for r in states] == [dup]
+
+
+def test_team_may_note_its_own_incident(core: DispatchCore, pw_hash: str) -> None:
+    mine = incident(core, "s-mine", grid=0)
+    other = incident(core, "s-other", grid=5)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "team0")
+    offered = re.findall(r'name="command" value="(\w+)"', c.get(f"/console/incidents/{mine}").text)
+    assert "note" in offered and "confirm" not in offered
+    csrf = csrf_of(c, f"/console/incidents/{mine}")
+    r = c.post(f"/console/incidents/{mine}/act", data={"command": "note", "note": "路口东侧", "csrf": csrf})
+    assert r.status_code == 200 and "已执行：备注" in r.text
+    n = core.ledger.transitions(mine)[-1]
+    assert (n.kind, n.actor, n.by, n.note) == ("note", "team", "team0", "路口东侧")
+    r = c.post(
+        f"/console/api/incidents/{other}/act", json={"command": "note", "note": "x"},
+        headers={"X-CSRF-Token": csrf},
+    )  # fmt: skip
+    assert r.status_code == 403
+    assert [t.kind for t in core.ledger.transitions(other)] == ["dispatch"]
 
 
 # --- languages ---------------------------------------------------------------------------------------
@@ -353,7 +453,8 @@ def test_times_are_shown_in_the_centre_time_zone(core: DispatchCore, pw_hash: st
 def test_every_label_in_both_languages_and_no_text_in_scripts() -> None:
     for key, pair in LABELS.items():
         assert len(pair) == 2 and all(p.strip() for p in pair), key
-        assert re.findall(r"{(\w+)}", pair[0]) == re.findall(r"{(\w+)}", pair[1]) or key == "d_hour", key
+        # the same placeholders (word order may differ between the languages)
+        assert sorted(re.findall(r"{(\w+)}", pair[0])) == sorted(re.findall(r"{(\w+)}", pair[1])), key
     # Scripts take every label from the page's table: no Chinese text of their own.
     for js in STATIC.glob("*.js"):
         assert not re.search(r"[\u4e00-\u9fff]", js.read_text(encoding="utf-8")), js.name

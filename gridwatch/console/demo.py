@@ -15,13 +15,10 @@ Demo users (password `demo`): op (operator), sup (supervisor), team (team of the
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import random
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -166,7 +163,18 @@ def seed_incidents(
             log.debug("seed: %s", e)
             continue
         if stored.action == "new":
-            open_ids.append(stored.incident_id)
+            if core.ledger.incident_row(stored.incident_id).state == "pending_review":
+                # An operator works the review queue: all but the last half hour's are decided.
+                if i < n - 24:
+                    kind = CommandKind.FALSE_ALARM if rng.random() < 0.12 else CommandKind.CONFIRM
+                    params = {"reason": "树影晃动误检"} if kind is CommandKind.FALSE_ALARM else {}
+                    core.command(
+                        stored.incident_id, Command(f"demo-review-{i}", kind, "operator", "op", None, params)
+                    )
+                    if kind is CommandKind.CONFIRM:
+                        open_ids.append(stored.incident_id)
+            else:
+                open_ids.append(stored.incident_id)
         core.escalate_due()
         # Teams answer some of what was dispatched a while ago.
         if i % 3 == 2 and open_ids:
@@ -174,6 +182,35 @@ def seed_incidents(
             _team_answers(core, iid, rng)
     clock.offset_ms = 0
     core.escalate_due()
+    _duplicate_pair(core, evidence_dir)
+
+
+def _duplicate_pair(core: DispatchCore, evidence_dir: Path) -> None:
+    """Two cameras see the same crowd from 350 m apart (beyond fusion's radius): two incidents in
+    review, which an operator merges; the survivor shows what was merged into it."""
+    g = core.city.grids()[40]
+    p = g.geometry.representative_point()
+    now = core.clock.now_ms()
+    ids = []
+    for k, (cam, dlon, people) in enumerate((("cam-017", 0.0, 62), ("cam-018", 0.0036, 55))):
+        snap = evidence_dir / cam / f"{now}.jpg"
+        make_snapshot(snap, "gathering", 900 + k)
+        cand = IncidentCandidate(
+            candidate_id=IncidentCandidate.make_id("camera", cam, "demo", now - k * 40_000),
+            category=Category.GATHERING, severity=Severity.HIGH, source_kind=SourceKind.CAMERA, source_id=cam,
+            grid_id=g.id, location=Location(lon=p.x + dlon, lat=p.y), observed_at=now - k * 40_000 - 20_000,
+            raised_at=now - k * 40_000, rule="demo", summary=f"人员聚集约 {people} 人", confidence=0.71 - k * 0.05,
+            evidence=[EvidenceRef(kind="snapshot", ref=snap.as_uri(), note="detector frame")],
+            model_version="nanodet-g-416@1.2.0",
+        )  # fmt: skip
+        ids.append(core.handle_candidate(cand).incident_id)
+    if ids[0] != ids[1]:
+        try:
+            core.command(
+                ids[1], Command("demo-merge", CommandKind.MERGE, "operator", "op", None, {"into": ids[0]})
+            )
+        except IllegalTransition as e:
+            log.debug("demo merge: %s", e)
 
 
 def _team_answers(core: DispatchCore, iid: str, rng: random.Random) -> None:
@@ -279,8 +316,22 @@ def build_demo(workdir: Path, bulk: int = 0) -> tuple[Any, DispatchCore, Any]:
     from gridwatch.console import build_console_router
     from gridwatch.dispatch.api import build_api
 
+    base = load_config(demo_config_path())
+    triggers = []
+    for tr in base.dispatch.triggers:
+        d = tr.model_dump(mode="json")
+        if set(d["categories"]) & {c.value for c in CAMERA_CATS}:
+            d["review"] = "always"  # camera matters wait for an operator (the review queue)
+        triggers.append(d)
     cfg = load_config(
-        demo_config_path(), overrides={"dispatch": {"ledger_url": f"sqlite:///{workdir}/ledger.db"}}
+        demo_config_path(),
+        overrides={
+            "dispatch": {
+                "ledger_url": f"sqlite:///{workdir}/ledger.db",
+                "triggers": triggers,
+                "hard_examples_dir": str(workdir / "hard-examples"),
+            }
+        },
     )
     city = CityModel.load(cfg.city.geojson)
     ledger = Ledger(cfg.dispatch.ledger_url)
@@ -352,7 +403,7 @@ def run_demo(port: int = 0, bulk: int = 0, screenshots: str | None = None) -> in
         if screenshots:
             out = Path(screenshots)
             out.mkdir(parents=True, exist_ok=True)
-            asyncio.run(take_screenshots(base, out, core))
+            take_screenshots(base, out, core)
             return 0
         print(f"console: {base}/  users op / sup / team / view, password {DEMO_PASSWORD!r}; Ctrl-C ends")
         while th.is_alive():
@@ -368,183 +419,110 @@ def run_demo(port: int = 0, bulk: int = 0, screenshots: str | None = None) -> in
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-# --- screenshots over the DevTools protocol -------------------------------------------------------------
+# --- screenshots with Playwright (Debian's headless chromium) --------------------------------------------
 
 
-class _Cdp:
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.n = 0
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            data = json.loads(msg.data)
-            if "id" in data and data["id"] in self.waiting:
-                self.waiting.pop(data["id"]).set_result(data)
-            elif "method" in data:
-                await self.events.put(data)
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.n += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiting[self.n] = fut
-        await self.ws.send_str(json.dumps({"id": self.n, "method": method, "params": params}))
-        res = await asyncio.wait_for(fut, 30)
-        if "error" in res:
-            raise RuntimeError(f"{method}: {res['error']}")
-        return res.get("result", {})
-
-    async def goto(self, url: str, settle_s: float = 1.5) -> None:
-        while not self.events.empty():
-            self.events.get_nowait()
-        await self.call("Page.navigate", url=url)
-        await self.wait_load()
-        await asyncio.sleep(settle_s)  # the page's scripts fetch their data
-
-    async def wait_load(self) -> None:
-        while True:
-            ev = await asyncio.wait_for(self.events.get(), 30)
-            if ev["method"] == "Page.loadEventFired":
-                return
-
-    async def js(self, expr: str) -> Any:
-        res = await self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
-        return res.get("result", {}).get("value")
-
-    async def shot(self, path: Path) -> None:
-        res = await self.call("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(res["data"]))
-        print(f"screenshot: {path}")
-
-
-async def take_screenshots(base: str, out: Path, core: DispatchCore) -> None:
-    import aiohttp
-
-    profile = Path(tempfile.mkdtemp(prefix="gw-chromium-"))
-    proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--window-size=1600,1000", "--remote-debugging-port=0",
-         "--remote-allow-origins=*", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def screenshot_demo(out: Path, bulk: int = 0, browser: Any = None) -> list[Path]:
+    """Build the demo console, serve it, and save a 1920x1080 PNG of every screen into `out`
+    (in `browser`, a Playwright Browser, when given; else a headless chromium of its own)."""
+    workdir = Path(tempfile.mkdtemp(prefix="gridwatch-console-"))
+    app, core, console = build_demo(workdir, bulk)
+    server, th = start_server(app, free_port())
     try:
-        port_file = profile / "DevToolsActivePort"
-        for _ in range(200):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            targets = await (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
-            page = next(t for t in targets if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                cdp = _Cdp(ws)
-                await cdp.call("Page.enable")
-                await cdp.call("Runtime.enable")
-                await cdp.call(
-                    "Emulation.setDeviceMetricsOverride",
-                    width=1600,
-                    height=1000,
-                    deviceScaleFactor=1,
-                    mobile=False,
-                )
-                await cdp.goto(f"{base}/login", 0.3)
-                await cdp.shot(out / "01-login-zh.png")
-                # Log in through the real form.
-                await cdp.js(
-                    "document.querySelector('[name=name]').value='op';"
-                    f"document.querySelector('[name=password]').value='{DEMO_PASSWORD}';"
-                    "document.querySelector('main.login form').submit(); true"
-                )
-                await cdp.wait_load()
-                await asyncio.sleep(2.0)
-                await cdp.shot(out / "02-board-zh.png")
-                # Live: a command given elsewhere must show up on the open board without a reload.
-                first = await cdp.js("document.querySelector('#list a.row')?.getAttribute('href')")
-                if first:
-                    iid = first.rsplit("/", 1)[1]
-                    row = core.ledger.incident_row(iid)
-                    # Listen in the page for this incident's acknowledgement on the live stream (the
-                    # board redraws within 100 ms of an event; other rows may be changing meanwhile).
-                    await cdp.js(
-                        "window.__seen = false; window.liveStream().addEventListener('change', (m) => {"
-                        f"const e = JSON.parse(m.data); if (e.incident_id === '{iid}' && e.kind === 'acknowledge')"
-                        " window.__seen = true; }); true"
-                    )
-                    t0 = time.monotonic()
-                    core.command(
-                        iid,
-                        Command(
-                            f"shot-ack-{iid}", CommandKind.ACKNOWLEDGE, "team", "screenshot", row.node_id
-                        ),
-                    )
-                    seen = None
-                    while time.monotonic() - t0 < 5:
-                        if await cdp.js("window.__seen"):
-                            seen = time.monotonic() - t0
-                            break
-                        await asyncio.sleep(0.02)
-                    print(
-                        f"live: command -> board in the browser: {seen * 1000:.0f} ms"
-                        if seen
-                        else "live: NOT seen in 5 s"
-                    )
-                    await asyncio.sleep(0.3)
-                    await cdp.shot(out / "03-board-live-zh.png")
-                # An incident worth showing: a camera source with a snapshot, escalated if possible.
-                cam = _camera_incident(core) or (first or "").rsplit("/", 1)[-1]
-                await cdp.goto(f"{base}/incidents/{cam}", 1.0)
-                await cdp.shot(out / "04-detail-zh.png")
-                await cdp.call(
-                    "Emulation.setDeviceMetricsOverride",
-                    width=1600,
-                    height=2600,
-                    deviceScaleFactor=1,
-                    mobile=False,
-                )
-                await cdp.shot(out / "05-detail-full-zh.png")
-                await cdp.call(
-                    "Emulation.setDeviceMetricsOverride",
-                    width=1600,
-                    height=1000,
-                    deviceScaleFactor=1,
-                    mobile=False,
-                )
-                await cdp.goto(f"{base}/map", 2.0)
-                await cdp.shot(out / "06-map-zh.png")
-                await cdp.js(
-                    "(()=>{const s=document.getElementById('map');const r=s.getBoundingClientRect();"
-                    "for(let i=0;i<6;i++)s.dispatchEvent(new WheelEvent('wheel',{deltaY:-200,clientX:r.left+r.width*0.45,"
-                    "clientY:r.top+r.height*0.45,bubbles:true,cancelable:true}));return true})()"
-                )
-                await asyncio.sleep(1.0)
-                await cdp.shot(out / "07-map-zoomed-zh.png")
-                await cdp.goto(f"{base}/review", 1.5)
-                await cdp.js("document.dispatchEvent(new KeyboardEvent('keydown',{key:'j'})); true")
-                await asyncio.sleep(0.3)
-                await cdp.shot(out / "08-review-zh.png")
-                # English: the same board after the language switch (the form in the header).
-                await cdp.goto(f"{base}/", 0.2)
-                await cdp.js("document.querySelector('form[action$=\"/lang\"]').submit(); true")
-                await cdp.wait_load()
-                await asyncio.sleep(2.0)
-                await cdp.shot(out / "09-board-en.png")
-                await cdp.goto(f"{base}/incidents/{cam}", 1.0)
-                await cdp.shot(out / "10-detail-en.png")
-                await cdp.goto(f"{base}/map?colour=due", 2.0)
-                await cdp.shot(out / "11-map-en-due.png")
-                cdp.reader.cancel()
+        return take_screenshots(f"http://127.0.0.1:{server.config.port}/console", out, core, browser)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+        console.close()
+        server.should_exit = True
+        th.join(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _save(page: Any, path: Path, limit: int = 380_000) -> Path:
+    """A screenshot; reduced to a 256-colour palette when large (UI screens lose nothing visible)."""
+    page.screenshot(path=str(path))
+    if path.stat().st_size > limit:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    print(f"screenshot: {path} ({path.stat().st_size // 1024} KB)")
+    return path
+
+
+IMAGES_ON_SCREEN_LOADED = (
+    "() => [...document.images].filter((i) => i.getBoundingClientRect().top < innerHeight)"
+    ".every((i) => i.complete && i.naturalWidth > 0)"
+)
+
+
+def take_screenshots(base: str, out: Path, core: DispatchCore, browser: Any = None) -> list[Path]:
+    """login, board, detail, map, review (and the merge dialog) in Chinese; the board in English."""
+    if browser is None:
+        from playwright.sync_api import sync_playwright
+
+        from gridwatch.console.browser import launch
+
+        with sync_playwright() as p:
+            own = launch(p)
+            try:
+                return take_screenshots(base, out, core, own)
+            finally:
+                own.close()
+    from gridwatch.console.browser import VIEWPORT, login
+
+    out.mkdir(parents=True, exist_ok=True)
+    shots: list[Path] = []
+    ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = ctx.new_page()
+        page.goto(f"{base}/login")
+        page.fill("input[name=name]", "op")
+        shots.append(_save(page, out / "console-login.png"))
+        login(page, base, "op", DEMO_PASSWORD)
+        page.wait_for_selector("#list a.row")
+        page.wait_for_selector("#summary table")
+        page.keyboard.press("j")
+        page.keyboard.press("j")
+        page.wait_for_timeout(300)
+        shots.append(_save(page, out / "console-board.png"))
+        cam = _camera_incident(core)
+        page.goto(f"{base}/incidents/{cam}")
+        page.wait_for_function(IMAGES_ON_SCREEN_LOADED)
+        shots.append(_save(page, out / "console-detail.png"))
+        page.goto(f"{base}/map")
+        page.wait_for_selector("circle.mk")
+        page.wait_for_timeout(500)
+        box = page.locator("#map").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.42, box["y"] + box["height"] * 0.45)
+        for _ in range(3):
+            page.mouse.wheel(0, -260)
+            page.wait_for_timeout(120)
+        page.wait_for_timeout(500)
+        shots.append(_save(page, out / "console-map.png"))
+        page.goto(f"{base}/review")
+        page.wait_for_selector("li.review-item .ri-evidence img")
+        page.wait_for_function(IMAGES_ON_SCREEN_LOADED)
+        page.wait_for_timeout(300)
+        shots.append(_save(page, out / "console-review.png"))  # the oldest first, selected
+        merged = page.query_selector("li.review-item:has(.ri-merged)")
+        if merged is not None:
+            merged.query_selector(".ri-meta").click()
+        page.keyboard.press("m")
+        page.wait_for_selector("#merge-suggest li")
+        page.wait_for_timeout(300)
+        shots.append(_save(page, out / "console-review-merge.png"))
+        page.keyboard.press("Escape")
+        # English: the language switch in the header, then the same board
+        page.goto(f"{base}/")
+        with page.expect_navigation():
+            page.click("form[action$='/lang'] button")
+        page.wait_for_selector("#list a.row")
+        page.wait_for_selector("#summary table")
+        page.wait_for_timeout(300)
+        shots.append(_save(page, out / "console-board-en.png"))
+    finally:
+        ctx.close()
+    return shots
 
 
 def _camera_incident(core: DispatchCore) -> str | None:
@@ -554,7 +532,9 @@ def _camera_incident(core: DispatchCore) -> str | None:
     with core.ledger.session() as s:
         rows = s.execute(
             select(IncidentRow.incident_id, IncidentRow.escalations)
-            .where(IncidentRow.source_kind == "camera")
+            .where(
+                IncidentRow.source_kind == "camera", IncidentRow.state.not_in(("pending_review", "merged"))
+            )
             .order_by(IncidentRow.escalations.desc(), IncidentRow.created_at)
         ).all()
     return rows[0][0] if rows else None

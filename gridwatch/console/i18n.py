@@ -7,6 +7,8 @@ Templates use `{n}`-style placeholders. `tests/test_console.py` checks both lang
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Literal
 
 Lang = Literal["zh", "en"]
@@ -105,6 +107,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "reason": ("原因", "Reason"),
     "note": ("备注", "Note"),
     "to_node": ("目标", "To"),
+    "category": ("类别", "Category"),
+    "into": ("目标事件编号", "Into incident id"),
     "choose": ("请选择", "Choose"),
     "verify_ok": ("核查通过，结案", "Verified: close"),
     "verify_not_ok": ("核查未通过，退回", "Not fixed: reopen"),
@@ -164,29 +168,40 @@ LABELS: dict[str, tuple[str, str]] = {
     ),
     "map_layers": ("图层", "Layers"),
     # --- review ---
-    "review_title": ("待审核的新事件", "Incoming incidents to review"),
+    "review_title": ("待审核的新事件", "Incidents to review"),
     "review_hint": (
-        "j/k 上下移动，c 确认，f 误报，Enter 打开详情",
-        "j/k move, c confirm, f false alarm, Enter open",
+        "j/k 上下移动，c 确认派发，f 误报，m 合并，r 更正类别，n 备注，Enter 打开详情",
+        "j/k move, c confirm, f false alarm, m merge, r recategorise, n note, Enter open",
     ),
-    "review_note": (
-        "说明：目前所有候选均已自动派发；“确认”仅作标记（仅保存在本服务进程中），“误报”将关闭事件。",
-        "Note: every candidate is dispatched at once today; 'confirm' only marks it (kept in this "
-        "service process), 'false alarm' closes the incident.",
+    "review_order": (
+        "先到先审：最早的排在最前。确认后才推送给网格队伍，误报进入难例库。",
+        "First come, first reviewed: the oldest is on top. The team is told only on confirmation; "
+        "false alarms go to the hard-example store.",
     ),
-    "confirm": ("确认", "Confirm"),
+    "review_count": ("待审核 {n} 条", "{n} to review"),
+    "review_empty": ("没有待审核的事件", "Nothing to review"),
+    "review_merged_in": ("已并入：{what}", "Merged in: {what}"),
+    "review_routed_to": ("确认后派往", "Goes to"),
+    "confirm": ("确认派发", "Confirm"),
     "false_alarm_btn": ("误报", "False alarm"),
+    "merge_btn": ("合并", "Merge"),
+    "recat_btn": ("更正类别", "Recategorise"),
+    "note_btn": ("备注", "Note"),
     "open_detail": ("详情", "Open"),
-    "confirmed_by": ("{who} 已确认", "confirmed by {who}"),
-    "show_confirmed": ("显示已确认", "Show confirmed"),
     "fa_reason_prompt": ("误报原因", "Why is it a false alarm?"),
     "fa_reasons": (
         "阴影或反光|重复上报|测试数据|传感器故障",
         "Shadow or glare|Duplicate|Test data|Sensor fault",
     ),
+    "merge_prompt": ("合并到哪个事件？（事件编号）", "Merge into which incident? (incident id)"),
+    "merge_into": ("目标事件", "Into incident"),
+    "merge_suggest": ("附近同类未结事件", "Nearby open incidents of the same category"),
+    "merge_none": ("附近没有同类未结事件", "No open incident of this category nearby"),
+    "merge_dist": ("{m} 米", "{m} m"),
+    "recat_prompt": ("更正为哪个类别？", "Which category is it?"),
+    "note_prompt": ("备注内容", "Note"),
     "submit": ("提交", "Submit"),
     "cancel": ("取消", "Cancel"),
-    "merge_na": ("合并与更正类别：暂不支持", "Merge and category correction: not yet available"),
     # --- enumerations ---
     "state_dispatched": ("已派发", "Dispatched"),
     "state_acknowledged": ("已签收", "Acknowledged"),
@@ -195,6 +210,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "state_closed": ("已结案", "Closed"),
     "state_false_alarm": ("误报", "False alarm"),
     "state_returned": ("已退回", "Returned"),
+    "state_pending_review": ("待审核", "Pending review"),
+    "state_merged": ("已合并", "Merged"),
     "level_district": ("区", "District"),
     "level_town": ("街镇", "Town"),
     "level_community": ("社区/村", "Community"),
@@ -232,7 +249,24 @@ LABELS: dict[str, tuple[str, str]] = {
     "cmd_redispatch": ("重新派发", "Redispatch"),
     "cmd_dispatch": ("派发", "Dispatch"),
     "cmd_attach": ("合并新来源", "New source attached"),
-    "cmd_confirm": ("确认", "Confirm"),
+    "cmd_confirm": ("确认派发", "Confirm"),
+    "cmd_recategorise": ("更正类别", "Recategorise"),
+    "cmd_merge": ("合并", "Merge"),
+    "cmd_merged_in": ("并入", "Merged in"),
+    "cmd_note": ("备注", "Note"),
+    "cmd_review": ("待审核", "Held for review"),
+    "by_fusion": ("自动融合", "fusion"),
+    "by_deadline": ("时限计时", "deadline clock"),
+    "n_deadline": ("{level}{step}时限已过", "{step} deadline at {level} passed"),
+    "n_top": ("区级{step}时限已过，已通知区", "{step} deadline missed at the top level; district notified"),
+    "n_stale": ("过期的升级已忽略：{why}", "stale escalation ignored: {why}"),
+    "n_is": ("事件{state}", "incident is {state}"),
+    "n_merged_into": ("已合并到 {id}", "merged into {id}"),
+    "n_merged_from": ("由 {id}（{cat}）并入 {n} 个来源", "merged from {id} ({cat}): {n} source(s)"),
+    "n_category": ("类别 {a} → {b}", "category {a} -> {b}"),
+    "n_source": ("{kind} {id}：{summary}", "{kind} {id}: {summary}"),
+    "n_severity": ("（等级 {a} → {b}）", " (severity {a} -> {b})"),
+    "n_by_hand": ("人工升级", "escalated by hand"),
     "actor_team": ("队伍", "team"),
     "actor_system": ("系统", "system"),
     "actor_operator": ("值班员", "operator"),
@@ -249,10 +283,49 @@ LABELS: dict[str, tuple[str, str]] = {
     "ev_reopened": ("重新打开", "reopened"),
     "ev_severity_raised": ("等级提高", "severity raised"),
     "ev_overdue_at_top": ("区级超时", "overdue at the top"),
+    "evk_snapshot": ("抓拍", "snapshot"),
+    "evk_photo": ("照片", "photo"),
+    "evk_reading_window": ("读数窗口", "reading window"),
+    "evk_clip": ("视频片段", "clip"),
+    "evk_frame": ("原始帧", "raw frame"),
+    "evk_detections": ("检测结果", "detections"),
+    "evk_report": ("报告", "report"),
     "fusion_new": ("新建", "new"),
     "fusion_attach": ("合并", "attached"),
     "fusion_attach_closed": ("结案后再现", "after closure"),
 }
+
+
+_NOTES: list[tuple[re.Pattern[str], Callable[[Lang, re.Match[str]], str]]] = [
+    (re.compile(r"(ack|arrive|resolve) deadline at (grid|community|town|district) passed"),
+     lambda L, m: t(L, "n_deadline", step=tv(L, "step", m[1]), level=tv(L, "level", m[2]))),
+    (re.compile(r"(ack|arrive|resolve) deadline missed at the top level; district notified"),
+     lambda L, m: t(L, "n_top", step=tv(L, "step", m[1]))),
+    (re.compile(r"stale escalation ignored: incident is (\w+)"),
+     lambda L, m: t(L, "n_stale", why=t(L, "n_is", state=tv(L, "state", m[1])))),
+    (re.compile(r"merged into (\S+?)(?:: (.*))?"),
+     lambda L, m: t(L, "n_merged_into", id=m[1]) + (f": {m[2]}" if m[2] else "")),
+    (re.compile(r"merged from (\S+) \((\w+)\): (\d+) source\(s\)"),
+     lambda L, m: t(L, "n_merged_from", id=m[1], cat=tv(L, "cat", m[2]), n=m[3])),
+    (re.compile(r"category (\w+) -> (\w+)(?:: (.*))?"),
+     lambda L, m: t(L, "n_category", a=tv(L, "cat", m[1]), b=tv(L, "cat", m[2])) + (f": {m[3]}" if m[3] else "")),
+    (re.compile(r"(sensor|camera|citizen|patrol) (\S+): (.*?)(?: \(severity (\w+) -> (\w+)\))?"),
+     lambda L, m: t(L, "n_source", kind=tv(L, "src", m[1]), id=m[2], summary=m[3])
+     + (t(L, "n_severity", a=tv(L, "sev", m[4]), b=tv(L, "sev", m[5])) if m[4] else "")),
+    (re.compile(r"escalated by hand"), lambda L, m: t(L, "n_by_hand")),
+]  # fmt: skip
+
+
+def note_text(lang: Lang, note: str | None) -> str:
+    """An audit note in `lang`: the notes the dispatch code writes itself (deadlines, merges,
+    re-categorisation, new sources) are translated; what people wrote is shown as written."""
+    if not note:
+        return ""
+    for pat, fn in _NOTES:
+        m = pat.fullmatch(note)
+        if m:
+            return fn(lang, m)
+    return note
 
 
 def labels(lang: Lang) -> dict[str, str]:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from gridwatch.city import CityModel, CityNode, Level
 from gridwatch.console.auth import ConsoleUser
-from gridwatch.console.i18n import Lang, labels, t, tv
+from gridwatch.console.i18n import Lang, labels, note_text, t, tv
 from gridwatch.dispatch.models import (
     DeliveryAttemptRow,
     DeliveryRow,
@@ -25,6 +25,7 @@ from gridwatch.dispatch.models import (
     IncidentSourceRow,
     TransitionRow,
 )
+from gridwatch.schemas import Category
 
 
 def e(v: object) -> str:
@@ -63,6 +64,11 @@ class PageCtx:
         if n is None:
             return node_id
         return n.name_zh if self.lang == "zh" else (n.name_en or n.name_zh)
+
+
+def times_in(ctx: PageCtx) -> str:
+    """ "Times in <zone>", the zone's IANA name marked as a raw value (it is not translated)."""
+    return e(t(ctx.lang, "times_in", tz="\0")).replace("\0", f'<span class="raw">{e(ctx.tz)}</span>')
 
 
 def fmt_dur(lang: Lang, ms: int) -> str:
@@ -155,7 +161,7 @@ def frame(ctx: PageCtx, *, title: str, body: str, page: str, data: dict[str, Any
 </head>
 <body class="page-{page}">
 <header class="top">
-  <a class="brand" href="{e(p)}/">{e(ctx.site)} <small>{e(t(L, "app_title"))}</small></a>{nav}
+  <a class="brand" href="{e(p)}/"><span class="raw">{e(ctx.site)}</span> <small>{e(t(L, "app_title"))}</small></a>{nav}
 </header>
 {flash}
 {body}
@@ -235,8 +241,28 @@ def action_forms(
     for cmd in allowed:
         label = e(t(L, f"cmd_{cmd}"))
         head = f'<form method="post" action="{e(action)}" class="act act-{cmd}">{hidden}<input type="hidden" name="command" value="{cmd}">'
-        if cmd in ("acknowledge", "arrive"):
+        if cmd in ("acknowledge", "arrive", "confirm"):
             forms.append(f'{head}<button type="submit" class="primary">{label}</button></form>')
+        elif cmd == "recategorise":
+            opts = "".join(
+                f'<option value="{e(c.value)}">{e(tv(L, "cat", c.value))}</option>'
+                for c in Category
+                if c.value != row.category
+            )
+            forms.append(
+                f'{head}<select name="category" required><option value="">{e(t(L, "category"))}: {e(t(L, "choose"))}</option>'
+                f'{opts}</select><button type="submit">{label}</button></form>'
+            )
+        elif cmd == "merge":
+            forms.append(
+                f'{head}<input name="into" placeholder="{e(t(L, "into"))}" maxlength="128" required autocomplete="off">'
+                f'<button type="submit">{label}</button></form>'
+            )
+        elif cmd == "note":
+            forms.append(
+                f'{head}<input name="note" placeholder="{e(t(L, "note"))}" maxlength="2000" required>'
+                f'<button type="submit">{label}</button></form>'
+            )
         elif cmd == "resolve":
             forms.append(
                 f'{head}<input name="note" placeholder="{e(t(L, "note"))}" maxlength="2000">'
@@ -285,21 +311,25 @@ def _evidence_html(ctx: PageCtx, iid: str, src: IncidentSourceRow) -> str:
     for i, ev in enumerate(src.evidence):
         ref = str(ev.get("ref") or "")
         kind = str(ev.get("kind") or "")
-        note = f' <span class="muted">{e(ev.get("note"))}</span>' if ev.get("note") else ""
+        note = f' <span class="muted raw">{e(ev.get("note"))}</span>' if ev.get("note") else ""
         url = evidence_url(ctx.prefix, iid, src.candidate_id, i, ref)
-        if url and kind in ("snapshot", "photo"):
+        if kind == "detections":
+            url = None  # a JSON sidecar for training (docs/DATASETS.md); the evidence route serves images
+        if url and kind in ("snapshot", "photo", "frame"):
             items.append(
                 f'<figure class="evidence"><a href="{e(url)}" target="_blank" rel="noopener noreferrer">'
-                f'<img src="{e(url)}" alt="{e(kind)}" loading="lazy" referrerpolicy="no-referrer"></a>'
-                f"<figcaption>{e(kind)}{note}<br><code>{e(ref)}</code></figcaption></figure>"
+                f'<img src="{e(url)}" alt="{e(tv(L, "evk", kind))}" loading="lazy" referrerpolicy="no-referrer"></a>'
+                f"<figcaption>{e(tv(L, 'evk', kind))}{note}<br><code>{e(ref)}</code></figcaption></figure>"
             )
         elif url:
             items.append(
-                f'<div class="evidence-ref">{e(kind)}: <a href="{e(url)}" target="_blank" '
+                f'<div class="evidence-ref">{e(tv(L, "evk", kind))}: <a href="{e(url)}" target="_blank" '
                 f'rel="noopener noreferrer"><code>{e(ref)}</code></a>{note}</div>'
             )
         else:
-            items.append(f'<div class="evidence-ref">{e(kind)}: <code>{e(ref)}</code>{note}</div>')
+            items.append(
+                f'<div class="evidence-ref">{e(tv(L, "evk", kind))}: <code>{e(ref)}</code>{note}</div>'
+            )
     return "".join(items)
 
 
@@ -342,7 +372,7 @@ def detail_page(
         extra = f' <span class="due due-{cls}">{e(due_text(L, due, now))}</span>' if pending else ""
         dl_items.append(f"<li>{e(tv(L, 'step', step))}: {e(ctx.fmt_time(due))}{extra}</li>")
     deadlines = f"<ul class='plain'>{''.join(dl_items)}</ul>" if dl_items else e(t(L, "no_clock"))
-    if row.top_level_overdue and row.state not in ("closed", "false_alarm"):
+    if row.top_level_overdue and row.state not in ("closed", "false_alarm", "merged"):
         missed = ", ".join(tv(L, "step", st) for st in row.top_level_overdue)
         deadlines += f"<p class='due due-late'>{e(t(L, 'd_top_overdue'))}: {e(missed)}</p>"
     chain = " → ".join(e(nn(n)) for n in row.chain)
@@ -369,7 +399,7 @@ def detail_page(
         "<ol class='plain'>"
         + "".join(
             f"<li><time>{e(ctx.fmt_time(tr.at_ms))}</time> {e(nn(tr.from_node))} → {e(nn(tr.to_node))}"
-            f" · {e(tv(L, 'actor', tr.actor))} {e(tr.by)} · {e(tr.note)}"
+            f" · {e(tv(L, 'actor', tr.actor))} {e(tv(L, 'by', tr.by))} · {e(note_text(L, tr.note))}"
             + ("" if tr.changed else f" <span class='muted'>({e(t(L, 't_nochange'))})</span>")
             + "</li>"
             for tr in esc
@@ -381,10 +411,10 @@ def detail_page(
 
     trail_rows = "".join(
         f"<tr class='{'' if tr.changed else 'nochange'}'><td>{tr.seq}</td><td><time>{e(ctx.fmt_time(tr.at_ms))}</time></td>"
-        f"<td>{e(tv(L, 'cmd', tr.kind))}</td><td>{e(tv(L, 'actor', tr.actor))}</td><td class='by'>{e(tr.by)}</td>"
+        f"<td>{e(tv(L, 'cmd', tr.kind))}</td><td>{e(tv(L, 'actor', tr.actor))}</td><td class='by'>{e(tv(L, 'by', tr.by))}</td>"
         f"<td>{e(tv(L, 'state', tr.from_state) or '—')} → {e(tv(L, 'state', tr.to_state))}</td>"
         f"<td>{e(nn(tr.from_node) or '—')} → {e(nn(tr.to_node))}</td><td>{e(tv(L, 'level', tr.level))}</td>"
-        f"<td>{e(tr.note)}{'' if tr.changed else ' (' + e(t(L, 't_nochange')) + ')'}</td></tr>"
+        f"<td>{e(note_text(L, tr.note))}{'' if tr.changed else ' (' + e(t(L, 't_nochange')) + ')'}</td></tr>"
         for tr in transitions
     )
     trail = (
@@ -456,7 +486,7 @@ def detail_page(
   <section class="card"><h2>{e(t(L, "sec_trail"))}</h2>{trail}</section>
   <section class="card"><h2>{e(t(L, "sec_sources"))}</h2>{src_html}</section>
   <section class="card"><h2>{e(t(L, "sec_pushes"))}</h2>{pushes}</section>
-  <p class="muted small">{e(t(L, "times_in", tz=ctx.tz))}</p>
+  <p class="muted small">{times_in(ctx)}</p>
 </main>"""
     return frame(
         ctx,

@@ -12,6 +12,7 @@ Python on every row returned.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy import Select, Text, cast, func, or_, select
 from gridwatch.dispatch.ledger import Ledger
 from gridwatch.dispatch.models import IncidentRow, IncidentSourceRow, TransitionRow
 
-TERMINAL = ("closed", "false_alarm")
+TERMINAL = ("closed", "false_alarm", "merged")
 
 
 @dataclass(frozen=True)
@@ -186,24 +187,25 @@ def transitions_since(
         return rows
 
 
-def review_queue(
-    ledger: Ledger, f: BoardFilter, *, limit: int = 100, exclude: Iterable[str] = ()
-) -> list[dict[str, Any]]:
-    """The newest incidents nobody has taken up yet (dispatched, never acknowledged), with their sources."""
-    exclude = list(exclude)
+def review_queue(ledger: Ledger, f: BoardFilter, *, limit: int = 200) -> tuple[int, list[dict[str, Any]]]:
+    """(how many wait, the oldest `limit` of them): incidents in `pending_review`, first come first
+    served, each with its sources (evidence, confidence) and what was merged into it."""
     with ledger.session() as s:
-        q = f.apply(
-            select(IncidentRow).where(
-                IncidentRow.state == "dispatched", IncidentRow.acknowledged_at.is_(None)
-            )
+        base = f.apply(select(IncidentRow).where(IncidentRow.state == "pending_review"))
+        total = int(
+            s.execute(
+                f.apply(
+                    select(func.count()).select_from(IncidentRow).where(IncidentRow.state == "pending_review")
+                )
+            ).scalar()
+            or 0
         )
-        if exclude:
-            q = q.where(IncidentRow.incident_id.not_in(exclude[-5000:]))
-        q = q.order_by(IncidentRow.created_at.desc(), IncidentRow.incident_id).limit(min(limit, 500))
+        q = base.order_by(IncidentRow.created_at, IncidentRow.incident_id).limit(max(1, min(limit, 500)))
         rows = [board_row(r) for r in s.execute(q).scalars() if f.admits(r.chain)]
         by_id = {r["id"]: r for r in rows}
         for r in rows:
             r["source_list"] = []
+            r["merged_in"] = []
         if by_id:
             srcs = s.execute(
                 select(IncidentSourceRow)
@@ -211,21 +213,58 @@ def review_queue(
                 .order_by(IncidentSourceRow.observed_at, IncidentSourceRow.candidate_id)
             ).scalars()
             for src in srcs:
-                by_id[src.incident_id]["source_list"].append(
-                    {
-                        "candidate_id": src.candidate_id,
-                        "kind": src.source_kind,
-                        "source_id": src.source_id,
-                        "confidence": src.confidence,
-                        "severity": src.severity,
-                        "rule": src.rule,
-                        "summary": src.summary,
-                        "observed_at": src.observed_at,
-                        "model_version": src.model_version,
-                        "evidence": [
-                            {"kind": e.get("kind"), "ref": e.get("ref"), "note": e.get("note"), "n": i}
-                            for i, e in enumerate(src.evidence or [])
-                        ],
-                    }
+                by_id[src.incident_id]["source_list"].append(source_dict(src))
+            merged = s.execute(
+                select(TransitionRow)
+                .where(TransitionRow.incident_id.in_(list(by_id)), TransitionRow.kind == "merged_in")
+                .order_by(TransitionRow.seq)
+            ).scalars()
+            for tr in merged:
+                by_id[tr.incident_id]["merged_in"].append(
+                    {"from": (tr.params or {}).get("from"), "by": tr.by, "at_ms": tr.at_ms}
                 )
-        return rows
+        return total, rows
+
+
+def source_dict(src: IncidentSourceRow) -> dict[str, Any]:
+    return {
+        "candidate_id": src.candidate_id,
+        "kind": src.source_kind,
+        "source_id": src.source_id,
+        "category": src.category,
+        "confidence": src.confidence,
+        "severity": src.severity,
+        "rule": src.rule,
+        "summary": src.summary,
+        "observed_at": src.observed_at,
+        "model_version": src.model_version,
+        "evidence": [
+            {"kind": e.get("kind"), "ref": e.get("ref"), "note": e.get("note"), "n": i}
+            for i, e in enumerate(src.evidence or [])
+        ],
+    }
+
+
+def nearby(ledger: Ledger, row: IncidentRow, f: BoardFilter, *, limit: int = 6) -> list[dict[str, Any]]:
+    """Open incidents of `row`'s category nearest to it (within ~2 km), nearest first."""
+    if row.lon is None or row.lat is None:
+        return []
+    d = 0.02  # degrees: a box of about 2 km around it, then exact distances in Python
+    with ledger.session() as s:
+        q = f.apply(
+            select(IncidentRow).where(
+                IncidentRow.category == row.category,
+                IncidentRow.incident_id != row.incident_id,
+                IncidentRow.lon.between(row.lon - d, row.lon + d),
+                IncidentRow.lat.between(row.lat - d, row.lat + d),
+            )
+        ).limit(2000)
+        out = []
+        kx = math.cos(math.radians(row.lat))
+        for r in s.execute(q).scalars():
+            if not f.admits(r.chain):
+                continue
+            dist = math.hypot((r.lon - row.lon) * kx * 111_320, (r.lat - row.lat) * 110_540)
+            out.append({**board_row(r), "dist_m": round(dist)})
+    out.sort(key=lambda r: (r["dist_m"], r["created_at"]))
+    return out[:limit]

@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,17 @@ from gridwatch.console import queries
 from gridwatch.console.auth import ConsoleUser, LoginThrottle, Session, SessionStore, check_login, csrf_ok
 from gridwatch.console.feed import RESYNC, ChangeFeed
 from gridwatch.console.i18n import LANGS, Lang, t, tv
-from gridwatch.console.pages import PageCtx, detail_page, e, evidence_url, frame, login_page, message_page
-from gridwatch.dispatch.api import TEAM_COMMANDS, Caller, authorise
+from gridwatch.console.pages import (
+    PageCtx,
+    detail_page,
+    e,
+    evidence_url,
+    frame,
+    login_page,
+    message_page,
+    times_in,
+)
+from gridwatch.dispatch.api import TEAM_COMMANDS, Caller, authorise, command_action
 from gridwatch.dispatch.core import DispatchCore
 from gridwatch.dispatch.ledger import UnknownIncident
 from gridwatch.dispatch.machine import Command, CommandKind, IllegalTransition, apply
@@ -68,9 +76,14 @@ IMAGE_TYPES = {
     ".gif": "image/gif",
 }
 SESSION_COOKIE, LANG_COOKIE, LOGIN_COOKIE = "gw_session", "gw_lang", "gw_login"
-STATES = ("dispatched", "acknowledged", "on_site", "resolved", "returned", "closed", "false_alarm")
+STATES = (
+    "pending_review", "dispatched", "acknowledged", "on_site", "resolved", "returned", "closed", "false_alarm",
+    "merged",
+)  # fmt: skip
 # The order actions appear in on the detail page, and the authorise() action each one needs.
 COMMAND_ORDER = (
+    "confirm",
+    "recategorise",
     "acknowledge",
     "arrive",
     "resolve",
@@ -79,7 +92,9 @@ COMMAND_ORDER = (
     "redispatch",
     "transfer",
     "reject",
+    "merge",
     "false_alarm",
+    "note",
 )
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: http: https:; "
@@ -87,17 +102,11 @@ CSP = (
 )
 
 
-def action_of(command: str) -> str | None:
-    """The `authorise` action a console command needs. `confirm` (a review decision) is a
-    dispatch decision like a re-dispatch until authorise knows a `review` action."""
-    if command in TEAM_COMMANDS:
-        return "team_command"
-    return {
-        "verify": "verify",
-        "escalate": "escalate",
-        "redispatch": "redispatch",
-        "confirm": "redispatch",
-    }.get(command)
+def action_of(command: str, state: str | None = None) -> str | None:
+    """The `authorise` action a console command needs: the HTTP API's own mapping (review decisions
+    - confirm, recategorise, merge, a false alarm while pending review - are `review`; a note is
+    `note`), so neither copies the other."""
+    return command_action(command, state)
 
 
 def caller_of(user: ConsoleUser) -> Caller:
@@ -110,7 +119,6 @@ class ConsoleRouter(APIRouter):
 
     feed: ChangeFeed
     sessions: SessionStore
-    confirmed: OrderedDict[str, dict[str, Any]]
 
     def close(self) -> None:
         self.feed.close()
@@ -154,7 +162,6 @@ def build_console_router(
     sessions = router.sessions = SessionStore(idle_s=session_idle_s)
     throttle = LoginThrottle()
     feed = router.feed = ChangeFeed(core.ledger, interval_s=poll_interval_s)
-    confirmed = router.confirmed = OrderedDict()
     static_v = _static_version()
     geojson_bytes = _city_geojson(city)
     geojson_etag = '"' + hashlib.sha1(geojson_bytes).hexdigest()[:16] + '"'
@@ -366,7 +373,9 @@ def build_console_router(
 
         trs, srcs, dels, allowed = await run(q)
         ctx = ctx_of(request, sess)
-        acting_for = sess.user.role != "team" and any(c in TEAM_COMMANDS for c in allowed)
+        acting_for = sess.user.role != "team" and any(
+            c in TEAM_COMMANDS and actor_for(who, c, row)[0] == "team" for c in allowed
+        )
         cmd_id = f"console-{secrets.token_hex(12)}"  # one per rendered form: a double submit is a duplicate
         return page(detail_page(ctx, city, row, trs, srcs, dels, allowed, cmd_id, acting_for))
 
@@ -376,15 +385,18 @@ def build_console_router(
         inc = core.ledger.incident(row.incident_id)
         plan = core.router.plan(row.rule_index)
         other = next(n for n in city.nodes if n != row.node_id)
+        other_cat = next(c.value for c in Category if c.value != row.category)
         now = core.clock.now_ms()
         out = []
         for cmd in COMMAND_ORDER:
             try:
-                authorise(who, action_of(cmd), row.chain)  # type: ignore[arg-type]
+                authorise(who, action_of(cmd, row.state), row.chain)  # type: ignore[arg-type]
             except HTTPException:
                 continue
             actor, by_node = actor_for(who, cmd, row)
-            params = {"reason": "-", "note": "-", "ok": True, "to_node": other}
+            params = {"reason": "-", "note": "-", "ok": True, "to_node": other, "into": "dry-run-other",
+                      "category": other_cat, "from_category": row.category, "rule_index": row.rule_index,
+                      "platform": row.platform}  # fmt: skip
             try:
                 apply(inc, Command("dry-run", CommandKind(cmd), actor, who.name, by_node, params), now, plan)  # type: ignore[arg-type]
             except IllegalTransition:
@@ -397,7 +409,7 @@ def build_console_router(
     def actor_for(who: Caller, cmd: str, row: IncidentRow) -> tuple[str, str | None]:
         if who.role == "team":
             return "team", who.node
-        if cmd in TEAM_COMMANDS:
+        if cmd in TEAM_COMMANDS and not (cmd == "false_alarm" and row.state == "pending_review"):
             # An operator acting for the team (feedback by phone), as the HTTP API records it:
             # actor team, for the node now responsible, `by` the operator.
             return "team", row.node_id
@@ -408,30 +420,30 @@ def build_console_router(
         """Authorise and apply one command. Raises HTTPException (403, 404, 409, 422)."""
         user, who = sess.user, caller_of(sess.user)
         command = str(fields.get("command", ""))
-        action = action_of(command)
-        if action is None:
+        if action_of(command) is None:
             raise HTTPException(422, f"unknown command {command!r}")
         row = await run(lambda: incident_or_404(iid))
-        authorise(who, action, row.chain)  # type: ignore[arg-type]
-        if command == "confirm":
-            now = core.clock.now_ms()
-            confirmed[iid] = {"by": user.name, "display": user.display_name, "at_ms": now}
-            while len(confirmed) > 50_000:
-                confirmed.popitem(last=False)
-            log.info("console: %s confirmed %s (not in the ledger: no note command yet)", user.name, iid)
-            return {"ok": True, "command": command, "duplicate": False, "state": row.state}
+        authorise(who, action_of(command, row.state), row.chain)  # type: ignore[arg-type]
         actor, by_node = actor_for(who, command, row)
         params: dict[str, Any] = {"via": "console"}
-        for k in ("note", "reason", "to_node"):
+        for k in ("note", "reason", "to_node", "category", "into"):
             v = str(fields.get(k) or "").strip()[:2000]
             if v:
                 params[k] = v
+        if command == "recategorise" and params.get("category") not in {c.value for c in Category}:
+            raise HTTPException(422, f"unknown category {params.get('category')!r}")
+        if command == "merge" and "into" in params:
+            try:
+                target = await run(lambda: core.ledger.incident_row(params["into"]))
+            except UnknownIncident:
+                raise HTTPException(422, f"no incident {params['into']!r}") from None
+            authorise(who, "read", target.chain)  # a team may not merge into what it may not see
         if command == "verify":
             ok = fields.get("ok")
             if ok in (None, ""):
                 raise HTTPException(422, "verify needs ok (1: fixed, close it; 0: reopen)")
             params["ok"] = ok in (True, 1, "1", "true", "on")
-        if who.role != "team" and command in TEAM_COMMANDS:
+        if who.role != "team" and actor == "team":
             params["on_behalf_of"] = row.node_id
         cmd_id = str(fields.get("command_id") or f"console-{secrets.token_hex(12)}")[:128]
         cmd = Command(cmd_id, CommandKind(command), actor, user.name, by_node, params)  # type: ignore[arg-type]
@@ -554,28 +566,36 @@ def build_console_router(
         return JSONResponse({"markers": rows, "now_ms": core.clock.now_ms()})
 
     @router.get("/api/review")
-    async def api_review(request: Request, show_confirmed: bool = False, limit: int = 100) -> JSONResponse:
+    async def api_review(request: Request, limit: int = 200) -> JSONResponse:
         sess = read_session(request)
         f = queries.BoardFilter(team_node=sess.user.node if sess.user.role == "team" else None)
-        skip = [] if show_confirmed else list(confirmed)
-        rows = await run(lambda: queries.review_queue(core.ledger, f, limit=limit, exclude=skip))
+        total, rows = await run(lambda: queries.review_queue(core.ledger, f, limit=limit))
         for r in rows:
-            r["confirmed"] = confirmed.get(r["id"])
             for s in r["source_list"]:
                 for ev in s["evidence"]:
                     ev["url"] = evidence_url(
                         prefix, r["id"], s["candidate_id"], ev["n"], str(ev["ref"] or "")
                     )
-        can_confirm = _may(caller_of(sess.user), "redispatch")
-        can_fa = _may(caller_of(sess.user), "team_command")
+        who = caller_of(sess.user)
         return JSONResponse(
             {
                 "rows": rows,
+                "total": total,
                 "now_ms": core.clock.now_ms(),
-                "can_confirm": can_confirm,
-                "can_false_alarm": can_fa,
+                "can_review": _may(who, "review"),
+                "can_note": _may(who, "note"),
             }
         )
+
+    @router.get("/api/incidents/{incident_id}/nearby")
+    async def api_nearby(request: Request, incident_id: str, limit: int = 6) -> JSONResponse:
+        """Open incidents of the same category nearest to this one: what a merge most likely wants."""
+        sess = read_session(request)
+        row = await run(lambda: incident_or_404(incident_id))
+        authorise(caller_of(sess.user), "read", row.chain)
+        f = queries.BoardFilter(team_node=sess.user.node if sess.user.role == "team" else None)
+        rows = await run(lambda: queries.nearby(core.ledger, row, f, limit=min(limit, 20)))
+        return JSONResponse({"rows": rows, "now_ms": core.clock.now_ms()})
 
     @router.get("/api/nodes")
     async def api_nodes(request: Request) -> Response:
@@ -769,7 +789,7 @@ def _board_body(ctx: PageCtx) -> str:
     <div class="list-head row">{cols}</div>
     <div class="list-body" id="list" tabindex="0"><div class="spacer" id="spacer"></div></div>
     <div class="list-foot"><span id="count"></span> <span id="live-count" class="muted"></span>
-      <span class="muted small">{e(t(L, "times_in", tz=ctx.tz))}</span></div>
+      <span class="muted small">{times_in(ctx)}</span></div>
   </section>
 </main>"""
 
@@ -801,13 +821,17 @@ def _map_body(ctx: PageCtx) -> str:
 def _review_body(ctx: PageCtx) -> str:
     L = ctx.lang
     reasons = "".join(f'<option value="{e(r)}">' for r in t(L, "fa_reasons").split("|"))
+    cats = _options(L, "cat", [c.value for c in Category])
+    buttons = (
+        f'<menu><button value="cancel" type="button" class="cancel">{e(t(L, "cancel"))}</button>'
+        f'<button value="ok" class="primary" type="submit">{e(t(L, "submit"))}</button></menu>'
+    )
     return f"""
 <main class="review">
   <header class="review-head">
-    <h1>{e(t(L, "review_title"))}</h1>
+    <h1>{e(t(L, "review_title"))} <span class="muted small" id="review-count"></span></h1>
     <p class="muted">{e(t(L, "review_hint"))}</p>
-    <p class="muted small">{e(t(L, "review_note"))} {e(t(L, "merge_na"))}</p>
-    <label class="small"><input type="checkbox" id="show-confirmed"> {e(t(L, "show_confirmed"))}</label>
+    <p class="muted small">{e(t(L, "review_order"))}</p>
   </header>
   <ol class="review-list" id="queue"><li class="muted">{e(t(L, "loading"))}</li></ol>
   <dialog id="fa-dialog">
@@ -815,8 +839,30 @@ def _review_body(ctx: PageCtx) -> str:
       <h2>{e(t(L, "fa_reason_prompt"))}</h2>
       <input name="reason" id="fa-reason" list="fa-reasons" required maxlength="2000" autocomplete="off">
       <datalist id="fa-reasons">{reasons}</datalist>
-      <menu><button value="cancel" type="button" id="fa-cancel">{e(t(L, "cancel"))}</button>
-        <button value="ok" class="danger" type="submit">{e(t(L, "submit"))}</button></menu>
+      {buttons}
+    </form>
+  </dialog>
+  <dialog id="merge-dialog">
+    <form method="dialog" id="merge-form">
+      <h2>{e(t(L, "merge_prompt"))}</h2>
+      <input name="into" id="merge-into" required maxlength="128" autocomplete="off" placeholder="{e(t(L, "merge_into"))}">
+      <p class="muted small">{e(t(L, "merge_suggest"))}</p>
+      <ul class="plain suggestions" id="merge-suggest"></ul>
+      {buttons}
+    </form>
+  </dialog>
+  <dialog id="recat-dialog">
+    <form method="dialog" id="recat-form">
+      <h2>{e(t(L, "recat_prompt"))}</h2>
+      <select name="category" id="recat-category" required>{cats}</select>
+      {buttons}
+    </form>
+  </dialog>
+  <dialog id="note-dialog">
+    <form method="dialog" id="note-form">
+      <h2>{e(t(L, "note_prompt"))}</h2>
+      <input name="note" id="note-text" required maxlength="2000" autocomplete="off">
+      {buttons}
     </form>
   </dialog>
 </main>"""

@@ -129,7 +129,7 @@ function resetData() {
 async function loadSummary() {
   const res = await getJSON("/api/summary", filters);
   const levels = ["grid", "community", "town", "district"];
-  const states = ["dispatched", "acknowledged", "on_site", "resolved", "returned"];
+  const states = ["pending_review", "dispatched", "acknowledged", "on_site", "resolved", "returned"];
   const cell = (lv, st) => res.cells.filter((c) => (!lv || c.level === lv) && (!st || c.state === st))
     .reduce((a, c) => a + c.n, 0);
   const link = (n, lv, st) => n

@@ -232,7 +232,7 @@ export async function bindFilters(form, onChange) {
 
 // Does an incident row still match the filters the view shows?
 export function matches(row, f) {
-  const terminal = row.state === "closed" || row.state === "false_alarm";
+  const terminal = row.state === "closed" || row.state === "false_alarm" || row.state === "merged";
   if (!f.state && terminal) return false;
   if (f.state && f.state !== "all" && row.state !== f.state) return false;
   for (const k of ["town", "community", "grid", "category", "source", "level"]) {

@@ -176,7 +176,7 @@ colourBy.addEventListener("change", setColour);
 function drawLegend() {
   const mode = colourBy.value;
   const items = mode === "state"
-    ? ["dispatched", "acknowledged", "on_site", "resolved", "returned"].map((v) => [`st-${v}`, tv("state", v)])
+    ? ["pending_review", "dispatched", "acknowledged", "on_site", "resolved", "returned"].map((v) => [`st-${v}`, tv("state", v)])
     : mode === "level"
       ? ["grid", "community", "town", "district"].map((v) => [`lv-${v}`, tv("level", v)])
       : ["ok", "soon", "near", "late", "none"].map((v) => [`due-${v}`, t(`due_${v}`)]);

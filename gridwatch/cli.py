@@ -289,8 +289,9 @@ def dashboards_push(
         None, "--dir", help="Dashboards directory (default: the committed dashboards/)."
     ),
     insecure: bool = typer.Option(False, help="Do not verify Grafana's TLS certificate."),
+    alerts: bool = typer.Option(True, help="Also create / update the alert rules (provisioning API)."),
 ) -> None:
-    """Create folders, datasources and dashboards in Grafana through its HTTP API (docs/DASHBOARDS.md)."""
+    """Create folders, datasources, dashboards and alert rules in Grafana through its HTTP API (docs/DASHBOARDS.md)."""
     from gridwatch.config import secret_from_env
     from gridwatch.dashboards_gen.push import PushError, push_dashboards
 
@@ -298,7 +299,7 @@ def dashboards_push(
         token = secret_from_env(token_env, what="--token-env")
         assert token is not None
         report = push_dashboards(
-            url, token, datasources=datasources, dashboards_dir=dir, verify_tls=not insecure
+            url, token, datasources=datasources, dashboards_dir=dir, verify_tls=not insecure, alerts=alerts
         )
     except (ConfigError, PushError) as e:
         console.print(f"[red]dashboards push failed[/red]: {e}")

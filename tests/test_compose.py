@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from gridwatch.config import GridwatchConfig, load_config
+from gridwatch.dashboards_gen.alerts import ALERT_ENV
 from gridwatch.dashboards_gen.provisioning import DASHBOARDS_MOUNT, DATASOURCE_ENV, render_files
 from gridwatch.devservers.process import free_port
 from gridwatch.dispatch.mqtt_acl import acl_text
@@ -251,6 +252,15 @@ def test_grafana_provisioning_is_mounted_and_fed(deploy_cfg: GridwatchConfig) ->
     assert mounts[DASHBOARDS_MOUNT] == "./dashboards"
     assert mounts["/etc/grafana/provisioning/datasources"] == "./dashboards/provisioning/datasources"
     assert mounts["/etc/grafana/provisioning/dashboards"] == "./dashboards/provisioning/dashboards"
+    # alerting: the rules, contact point and policy; the webhook URL the contact point names is set
+    alerting = mounts["/etc/grafana/provisioning/alerting"]
+    assert alerting == "./dashboards/provisioning/alerting"
+    assert {f"./dashboards/{rel}" for rel in render_files() if rel.startswith("provisioning/alerting/")} == {
+        f"{alerting}/{p.name}" for p in (REPO / alerting).iterdir()
+    }
+    assert set(ALERT_ENV) <= set(env), f"grafana lacks {set(ALERT_ENV) - set(env)}"
+    assert all(resolve(env[v]) for v in ALERT_ENV)  # required: Grafana would not start without it
+    assert resolve(env["GF_SERVER_ROOT_URL"]).startswith("http")  # the links in alert messages
     home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].removeprefix(DASHBOARDS_MOUNT + "/")
     assert home in render_files() and (REPO / "dashboards" / home).is_file()
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"

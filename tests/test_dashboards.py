@@ -29,11 +29,18 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
 from gridwatch.dashboards_gen.__main__ import differences, main
-from gridwatch.dashboards_gen.dashboards import SCREENS, build_dashboards
+from gridwatch.dashboards_gen.alerts import ALERT_ENV, ALERTS_FOLDER
+from gridwatch.dashboards_gen.dashboards import FOLDERS, SCREENS, build_dashboards
 from gridwatch.dashboards_gen.model import DS_INFLUX, DS_LEDGER
-from gridwatch.dashboards_gen.provisioning import DASHBOARDS_MOUNT, render_files
+from gridwatch.dashboards_gen.provisioning import (
+    ALERT_NOTIFICATIONS_FILE,
+    ALERT_RULES_FILE,
+    DASHBOARDS_MOUNT,
+    render_files,
+)
 from gridwatch.dispatch.kpi import period_starts
 from gridwatch.influx import health_lines
 
@@ -432,6 +439,240 @@ def test_panels_show_what_the_pipeline_did(pipeline_world: World) -> None:
     json.dumps(DASHBOARDS)  # the whole set serialises (no stray objects in the JSON)
 
 
+# --- alert rules: structure, and their queries on the pipeline's data -----------------------------
+ALERTS = yaml.safe_load(render_files()[ALERT_RULES_FILE])
+ALERT_RULES = {r["uid"]: r for g in ALERTS["groups"] for r in g["rules"]}
+NOTIFICATIONS = yaml.safe_load(render_files()[ALERT_NOTIFICATIONS_FILE])
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_alert_rules_are_grafana_provisioning_and_portable_influxql() -> None:
+    assert ALERTS["apiVersion"] == 1 and len(ALERTS["groups"]) == 1
+    group = ALERTS["groups"][0]
+    assert group["folder"] == ALERTS_FOLDER.title and group["orgId"] == 1 and group["interval"] == "1m"
+    assert group["folder"] not in {f.title for f in FOLDERS}  # see alerts.ALERTS_FOLDER
+    assert len(ALERT_RULES) == len(group["rules"]) >= 8
+    panels = {(uid, p["id"]) for uid, d in DASHBOARDS.items() for p in d["panels"]}
+    for uid, r in ALERT_RULES.items():
+        assert re.fullmatch(r"[a-z0-9-]{1,40}", uid), uid
+        assert {
+            "title",
+            "condition",
+            "data",
+            "noDataState",
+            "execErrState",
+            "for",
+            "annotations",
+            "labels",
+        } <= set(r)
+        refs = [d["refId"] for d in r["data"]]
+        assert len(refs) == len(set(refs)) and r["condition"] in refs, uid
+        for i, d in enumerate(r["data"]):
+            m = d["model"]
+            assert m["refId"] == d["refId"] and set(d["relativeTimeRange"]) == {"from", "to"}
+            if d["datasourceUid"] == DS_INFLUX.uid:
+                assert m["rawQuery"] is True and m["datasource"] == {"type": "influxdb", "uid": DS_INFLUX.uid}
+                assert not NOT_PORTABLE.search(m["query"]), (uid, m["query"])
+                # alert queries have no dashboard variables and no $__interval: only $timeFilter
+                assert re.findall(r"\$\w+", m["query"]) == ["$timeFilter"] * m["query"].count("$"), uid
+                assert d["relativeTimeRange"]["from"] > 0
+            else:
+                assert d["datasourceUid"] == "__expr__" and m["type"] in ("reduce", "threshold", "math"), uid
+                used = re.findall(r"\$(\w+)", m["expression"]) if m["type"] == "math" else [m["expression"]]
+                assert used and set(used) <= set(refs[:i]), (uid, m)  # only earlier nodes
+        assert r["noDataState"] in ("OK", "NoData", "Alerting") and r["execErrState"] == "Error"
+        # Grafana expands $VAR in titles and labels of provisioning files: none there
+        assert "$" not in r["title"] and not any("$" in v for v in r["labels"].values()), uid
+        assert r["labels"]["severity"] in ("critical", "warning") and r["labels"]["component"], uid
+        a = r["annotations"]
+        assert "${" not in "".join(a.values()), uid  # annotations are templates, never environment variables
+        for key in ("summary", "description"):
+            assert _CJK.search(a[key]) and re.search(r"[A-Za-z]{4}", a[key]), (uid, key)
+        assert len(a["runbook"]) > 30
+        assert a["dashboard"] == f"/d/{r['dashboardUid']}?viewPanel={r['panelId']}"
+        assert a["__dashboardUid__"] == r["dashboardUid"] and a["__panelId__"] == str(r["panelId"])
+        assert (r["dashboardUid"], r["panelId"]) in panels, uid
+    assert {r["labels"]["component"] for r in ALERT_RULES.values()} >= {
+        "cameras", "sensors", "dispatch", "streams", "pipeline", "influxdb", "bridge"}  # fmt: skip
+    # the contact point takes its URL from the environment; the policy groups by component
+    (cp,) = NOTIFICATIONS["contactPoints"]
+    (receiver,) = cp["receivers"]
+    assert receiver["type"] == "webhook" and receiver["settings"]["url"] == "${GRAFANA_ALERT_WEBHOOK_URL}"
+    assert set(re.findall(r"\$\{(\w+)\}", render_files()[ALERT_NOTIFICATIONS_FILE])) == set(ALERT_ENV)
+    (policy,) = NOTIFICATIONS["policies"]
+    assert policy["receiver"] == cp["name"] and policy["group_by"] == ["component"]
+    assert all(route["receiver"] == cp["name"] for route in policy["routes"])
+
+
+def alert_query(node: dict[str, Any], w: World) -> str:
+    """An alert's InfluxQL as Grafana sends it: `$timeFilter` from the query's relativeTimeRange
+    (seconds before the evaluation time, here the world's `now`)."""
+    rtr = node["relativeTimeRange"]
+    start, end = w.now - rtr["from"] * 1000, w.now - rtr["to"] * 1000
+    return node["model"]["query"].replace("$timeFilter", f"time >= {start}ms and time <= {end}ms")
+
+
+_REDUCERS = {
+    "last": lambda v: v[-1],
+    "min": min,
+    "max": max,
+    "mean": lambda v: sum(v) / len(v),
+    "sum": sum,
+    "count": len,
+}
+_OPS = {"gt": lambda v, p: v > p, "lt": lambda v, p: v < p}
+
+
+def evaluate_alert(rule: dict[str, Any], w: World) -> dict[tuple, str]:
+    """OUR evaluation of Grafana's server-side expressions, since no Grafana can run here: each query
+    is run on the real InfluxDB; every InfluxDB series becomes one Grafana series labelled with its
+    tags (one alert instance per label set); `reduce` takes its reducer over the series' numbers
+    (mode dropNN: nulls dropped; none left -> no value), `threshold` gives 1 where `value op param`,
+    `math` is evaluated per label set (`&&` as and), and an instance is Alerting where the condition
+    node is non-zero. A rule whose queries return no series is in the NoData case, mapped by its
+    noDataState (Alerting / OK / NoData). Returns {labels: "Alerting" | "Normal" | "NoData"}."""
+    nodes: dict[str, dict[tuple, Any]] = {}
+    got_series = False
+    for d in rule["data"]:
+        m = d["model"]
+        if d["datasourceUid"] == DS_INFLUX.uid:
+            series = run_influx(w, alert_query(d, w))
+            got_series |= bool(series)
+            nodes[d["refId"]] = {}
+            for s in series:
+                assert len(s["columns"]) == 2, s["columns"]  # time + one number: one Grafana series
+                nodes[d["refId"]][tuple(sorted((s.get("tags") or {}).items()))] = [v for _, v in s["values"]]
+        elif m["type"] == "reduce":
+            fn = _REDUCERS[m["reducer"]]
+            nodes[d["refId"]] = {
+                k: (fn([x for x in v if x is not None]) if any(x is not None for x in v) else None)
+                for k, v in nodes[m["expression"]].items()
+            }
+        elif m["type"] == "threshold":
+            (cond,) = m["conditions"]
+            op, (param,) = _OPS[cond["evaluator"]["type"]], cond["evaluator"]["params"]
+            nodes[d["refId"]] = {
+                k: None if v is None else float(op(v, param)) for k, v in nodes[m["expression"]].items()
+            }
+        else:  # math
+            used = re.findall(r"\$(\w+)", m["expression"])
+            code = (
+                re.sub(r"\$(\w+)", r"v['\1']", m["expression"]).replace("&&", " and ").replace("||", " or ")
+            )
+            out = {}
+            for k in set().union(*(nodes[u].keys() for u in used)):
+                v = {u: nodes[u].get(k) for u in used}
+                out[k] = None if None in v.values() else float(eval(code, {}, {"v": v}))  # noqa: S307 - our own
+            nodes[d["refId"]] = out
+    if not got_series:
+        return {(): {"Alerting": "Alerting", "OK": "Normal"}.get(rule["noDataState"], "NoData")}
+    return {k: "Alerting" if v else "Normal" for k, v in nodes[rule["condition"]].items()}
+
+
+def _firing(states: dict[tuple, str]) -> set[str]:
+    return {",".join(f"{k}={v}" for k, v in labels) for labels, s in states.items() if s == "Alerting"}
+
+
+def test_alert_rules_run_on_the_pipelines_data(pipeline_world: World, synthetic_world: World) -> None:
+    """Every rule's queries, with $timeFilter from its relativeTimeRange, return series after the
+    real pipeline's run; evaluated (our evaluation, see `evaluate_alert`) they fire only for what the
+    run really left wrong: the water-level incident nobody answered sits at the district, and (when
+    the camera worker ran) cam-street, whose stream does not exist, has never had a frame. The six
+    sensors that fall silent are in six communities: no gateway alarm."""
+    worlds = {w.name: w for w in (pipeline_world, synthetic_world)}
+    problems, states = [], {}
+    for uid, rule in ALERT_RULES.items():
+        queries = [d for d in rule["data"] if d["datasourceUid"] == DS_INFLUX.uid]
+        w = _world_for(queries[0]["model"]["query"], worlds)
+        for d in queries:
+            q = alert_query(d, w)
+            try:
+                if not run_influx(w, q):
+                    problems.append(f"{uid} {d['refId']} ({w.name} data): no series\n    {q}")
+            except Exception as e:  # noqa: BLE001 - collect them all
+                problems.append(f"{uid} {d['refId']} ({w.name} data): {e}\n    {q}")
+        if not problems:
+            states[uid] = (w.name, evaluate_alert(rule, w))
+    assert not problems, "\n".join(problems)
+    firing = {uid: _firing(s) for uid, (_w, s) in states.items() if _firing(s)}
+    district = firing.pop("gridwatch-district-overdue")
+    assert len(district) == 1 and next(iter(district)).startswith("node=")  # the district's own node
+    cameras = firing.pop("gridwatch-camera-down", set())
+    if states["gridwatch-camera-down"][0] == "pipeline":
+        assert cameras == {"camera_id=cam-street"}
+    assert firing == {}, f"a healthy run should not fire these: {firing}"
+
+
+def _failure_lines(now: int) -> list[str]:
+    """What a bad quarter of an hour looks like, written with the writers' own line helpers: a
+    bridge flooded with malformed messages, stream workers whose lag keeps growing and whose
+    InfluxDB writes fail and then drop lines, pushes given up, a camera dark for 15 minutes (the
+    other up), six sensors of one community falling silent together (two elsewhere), two incidents
+    held by the district; the camera worker writes no health at all."""
+    from gridwatch.influx import line
+    from gridwatch.ingest.camera import CameraHealth
+    from gridwatch.ingest.camera import health_lines as camera_health_lines
+
+    lines: list[str] = []
+    for k, ts in enumerate(range(now - 15 * MINUTE, now + 1, 5_000)):
+        lines += health_lines(
+            "bridge", "gw-1:gridwatch-bridge", {"received": 100 * k, "dead_letters": 3 * k}, ts
+        )
+        for inst in ("streams-a", "streams-b"):
+            lines += health_lines("streams", inst, {
+                "readings": 90 * k, "consumer_lag": 12_000 + 150 * k, "influx_write_errors": k // 4,
+                "influx_dropped_lines": max(0, k - 150), "influx_buffered_lines": 5000}, ts)  # fmt: skip
+        lines += health_lines(
+            "dispatch", "dispatch-0", {"candidates_in": k, "deliveries_failed": k // 60}, ts
+        )
+        for cam, up in (("cam-dark", False), ("cam-lit", True)):
+            lines += camera_health_lines([CameraHealth(
+                camera_id=cam, url="rtsp://viewer:***@10.0.4.22:554/x", state="up" if up else "down", up=up,
+                fps=12.5 if up else 0.0, frames=100 * k if up else 0, reconnects=0, open_failures=0 if up else k,
+                stalls=0, stale_dropped=0, last_frame_age_s=0.1 if up else None, last_error=None, ts_ms=ts)])  # fmt: skip
+    for i, community in enumerate(["c-01-01"] * 6 + ["c-02-01"] * 2):
+        tags = {"sensor_id": f"wl-{i:04d}", "type": "water_level", "grid": f"{community}-01", "community": community,
+                "town": community[:4], "rule": "silence", "state": "raised", "category": "sensor_offline"}  # fmt: skip
+        at = now - 10 * MINUTE + i * 20_000
+        lines.append(line("rule_firing", tags, {"episode_start": at - 60_000}, at))
+    lines.append(line("team_workload", {"node": "d-01", "level": "district"}, {"open": 2}, now - 30_000))
+    lines.append(line("team_workload", {"node": "t-01", "level": "town"}, {"open": 5}, now - 30_000))
+    return lines
+
+
+def test_alert_rules_fire_on_failure_data(pipeline_run) -> None:
+    """What a healthy run cannot produce, written with the production line helpers into a database
+    of its own, then each rule evaluated (our evaluation of Grafana's expressions, `evaluate_alert`):
+    every rule fires, for exactly the series that are failing."""
+    influx = pipeline_run.pipe.stack.influxdb
+    db = "alerts_failing"
+    influx.create_database(db)
+    now = int(time.time() * 1000)
+    lines = _failure_lines(now)
+    for i in range(0, len(lines), 5000):
+        influx.write_lines(db, "\n".join(lines[i : i + 5000]), precision="ms")
+    w = World("failing", influx, db, "", now, now - HOUR, "10s")
+    firing = {uid: _firing(evaluate_alert(r, w)) for uid, r in ALERT_RULES.items()}
+    assert firing == {
+        "gridwatch-camera-down": {"camera_id=cam-dark"},
+        "gridwatch-sensors-silent-burst": {"community=c-01-01"},
+        "gridwatch-district-overdue": {"node=d-01"},
+        "gridwatch-consumer-lag": {""},
+        "gridwatch-dead-letters": {"component=bridge"},
+        "gridwatch-influx-dropped": {"component=streams"},
+        "gridwatch-influx-write-errors": {"component=streams"},
+        "gridwatch-deliveries-failed": {"component=dispatch"},
+        "gridwatch-heartbeat-bridge": set(),
+        "gridwatch-heartbeat-streams": set(),
+        "gridwatch-heartbeat-dispatch": set(),
+        "gridwatch-heartbeat-cameras": {""},  # no health point at all: NoData, which alerts
+    }
+    # and a quarter of an hour later nothing was written: every heartbeat is missed
+    later = World("failing", influx, db, "", now + 15 * MINUTE, now, "10s")
+    for comp in ("bridge", "streams", "dispatch"):
+        assert evaluate_alert(ALERT_RULES[f"gridwatch-heartbeat-{comp}"], later) == {(): "Alerting"}
+
+
 # --- push_dashboards against a stand-in for Grafana -----------------------------------------------
 class FakeGrafana:
     """A tiny HTTP server that stands in for Grafana, which cannot run here: it answers the HTTP API
@@ -447,6 +688,9 @@ class FakeGrafana:
         self.folders: dict[str, str] = {}
         self.datasources: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, int] = {}
+        self.rules: dict[str, dict[str, Any]] = {}
+        self.refuse_rules = ""  # set: rule saves are refused with this message
+        self.group_intervals: dict[tuple[str, str], int] = {}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -504,6 +748,41 @@ class FakeGrafana:
             return 200, {"id": ds["id"], "message": "Datasource added", "datasource": ds}
         if m := re.fullmatch(r"/datasources/(\d+)", route):
             return 200, {"id": int(m.group(1)), "message": "Datasource updated"}
+        if (
+            self.refuse_rules
+            and method in ("POST", "PUT")
+            and route.startswith("/v1/provisioning/alert-rules")
+        ):
+            return 400, {"message": self.refuse_rules}
+        if route == "/v1/provisioning/alert-rules" and method == "POST":
+            if body.get("folderUID") not in self.folders:
+                return 400, {"message": "folder does not exist"}
+            if body["uid"] in self.rules:
+                return 409, {"message": "rule uid exists"}
+            self.rules[body["uid"]] = {**body, "id": len(self.rules) + 1, "provenance": "api"}
+            # a new group gets Grafana's default interval, whatever the rule says
+            self.group_intervals.setdefault((body["folderUID"], body["ruleGroup"]), 10)
+            return 201, self.rules[body["uid"]]
+        if m := re.fullmatch(r"/v1/provisioning/alert-rules/([\w-]+)", route):
+            uid = m.group(1)
+            if uid not in self.rules:
+                return 404, {"message": "rule not found"}
+            if method == "PUT":
+                self.rules[uid] = {**body, "id": self.rules[uid]["id"], "provenance": "api"}
+            return 200, self.rules[uid]
+        if m := re.fullmatch(r"/v1/provisioning/folder/([\w-]+)/rule-groups/([\w-]+)", route):
+            key = (m.group(1), m.group(2))
+            if key not in self.group_intervals:
+                return 404, {"message": "rule group not found"}
+            if method == "PUT":
+                self.group_intervals[key] = body["interval"]
+            rules = [r for r in self.rules.values() if (r["folderUID"], r["ruleGroup"]) == key]
+            return 200, {
+                "title": key[1],
+                "folderUid": key[0],
+                "interval": self.group_intervals[key],
+                "rules": rules,
+            }
         if route == "/dashboards/db" and method == "POST":
             uid = body["dashboard"]["uid"]
             if body["folderUid"] not in self.folders:
@@ -559,6 +838,7 @@ def test_push_creates_then_updates_folders_datasources_and_dashboards(
     assert g.folders == {
         "gridwatch-wall": "gridwatch 大屏 Wall screens",
         "gridwatch-ops": "gridwatch 运行 Operations",
+        "gridwatch-alerts": "gridwatch 告警 Alerts",
     }
     ds_posts = [r["body"] for r in g.requests if r["path"].endswith("/api/datasources")]
     influx = next(d for d in ds_posts if d["type"] == "influxdb")
@@ -586,6 +866,32 @@ def test_push_creates_then_updates_folders_datasources_and_dashboards(
         assert b["dashboard"] == d and b["overwrite"] is True and b["message"]
         assert b["folderUid"] == ("gridwatch-wall" if "wall" in d["tags"] else "gridwatch-ops")
     assert [o.action for o in report.of("dashboard")] == ["created"] * len(DASHBOARDS)
+    # alert rules: looked up by uid, created in the alerts folder, the same rules as the provisioning file
+    rule_calls = [c for c in calls if "/provisioning/" in c[1]]
+    assert rule_calls[:2] == [
+        ("GET", "/v1/provisioning/alert-rules/gridwatch-camera-down"),
+        ("POST", "/v1/provisioning/alert-rules"),
+    ]
+    assert set(g.rules) == set(ALERT_RULES) and [o.action for o in report.of("alert_rule")] == [
+        "created"
+    ] * len(ALERT_RULES)
+    for uid, saved in g.rules.items():
+        file_rule = ALERT_RULES[uid]
+        assert saved["folderUID"] == ALERTS_FOLDER.uid and saved["ruleGroup"] == "gridwatch"
+        assert {k: saved[k] for k in file_rule if k not in ("dashboardUid", "panelId")} == {
+            k: v for k, v in file_rule.items() if k not in ("dashboardUid", "panelId")
+        }
+    posts = [
+        r for r in g.requests if r["method"] == "POST" and r["path"].endswith("/provisioning/alert-rules")
+    ]
+    assert not any("X-Disable-Provenance" in r["headers"] for r in posts)  # stay read-only in the UI
+    # the new group was on Grafana's default interval: set to the file's 1m
+    assert rule_calls[-2:] == [
+        ("GET", "/v1/provisioning/folder/gridwatch-alerts/rule-groups/gridwatch"),
+        ("PUT", "/v1/provisioning/folder/gridwatch-alerts/rule-groups/gridwatch"),
+    ]
+    assert g.group_intervals == {("gridwatch-alerts", "gridwatch"): 60}
+    assert report.of("rule_group")[0].action == "updated"
     assert report.grafana_url == g.url and report.of("dashboard")[0].url == "/d/gridwatch-wall/x"
 
     # the second push finds everything and updates in place
@@ -593,12 +899,27 @@ def test_push_creates_then_updates_folders_datasources_and_dashboards(
     again = push_dashboards(g.url, g.token, env=PUSH_ENV)
     methods = [(r["method"], r["path"].removeprefix("/grafana/api")) for r in g.requests]
     assert ("POST", "/folders") not in methods and ("POST", "/datasources") not in methods
-    assert [m for m in methods if m[0] == "PUT"] == [("PUT", "/datasources/1"), ("PUT", "/datasources/2")]
+    assert [m for m in methods if m[0] == "PUT" and "/datasources" in m[1]] == [
+        ("PUT", "/datasources/1"),
+        ("PUT", "/datasources/2"),
+    ]
+    assert ("POST", "/v1/provisioning/alert-rules") not in methods
+    assert [m for m in methods if m[0] == "PUT" and "/alert-rules/" in m[1]] == [
+        ("PUT", f"/v1/provisioning/alert-rules/{uid}") for uid in ALERT_RULES
+    ]
+    assert {o.action for o in again.of("alert_rule")} == {"updated"}
+    assert (
+        again.of("rule_group")[0].action == "unchanged"
+        and g.group_intervals[("gridwatch-alerts", "gridwatch")] == 60
+    )
     assert {o.action for o in again.of("folder")} == {"unchanged"}
     assert {o.action for o in again.of("datasource")} == {"updated"}
     assert {o.action for o in again.of("dashboard")} == {"updated"}
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "grafana: dashboard gridwatch-wall" in logged
+    assert (
+        "grafana: dashboard gridwatch-wall" in logged
+        and "grafana: alert rule gridwatch-camera-down" in logged
+    )
     for secret in (
         g.token,
         PUSH_ENV["GRIDWATCH_INFLUX_READ_PASSWORD"],
@@ -628,6 +949,17 @@ def test_push_refusals_name_the_problem_but_never_the_secret(
     # dashboards only, from a dashboards directory (the committed JSON)
     report = push_dashboards(g.url, g.token, datasources=False, dashboards_dir=DASHBOARDS_DIR)
     assert report.of("datasource") == [] and {o.uid for o in report.of("dashboard")} == set(DASHBOARDS)
+    assert {o.uid for o in report.of("alert_rule")} == set(ALERT_RULES)  # read from its alerting file
+    # without alert rules: no alerts folder, no rule requests
+    g.requests.clear()
+    report = push_dashboards(g.url, g.token, datasources=False, alerts=False)
+    assert report.of("alert_rule") == [] and not any("/provisioning/" in r["path"] for r in g.requests)
+    assert not any(r["path"].endswith("/folders/gridwatch-alerts") for r in g.requests)
+    # Grafana refusing a rule is reported with Grafana's message, never the token
+    g.refuse_rules = "invalid alert rule: data source not found"
+    with pytest.raises(PushError, match="refused saving alert rule gridwatch-camera-down: 400") as refused:
+        push_dashboards(g.url, g.token, datasources=False)
+    assert "data source not found" in str(refused.value) and g.token not in str(refused.value)
     assert not any("/datasources" in r["path"] for r in g.requests)
     with pytest.raises(PushError, match="no dashboards"):
         push_dashboards(g.url, g.token, datasources=False, dashboards_dir=tmp_path)

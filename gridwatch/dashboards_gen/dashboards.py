@@ -17,6 +17,7 @@ Query conventions (docs/DASHBOARDS.md has the reasons):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,7 +52,7 @@ from gridwatch.dashboards_gen.panels import (
 )
 from gridwatch.dispatch.report import CATEGORY_ZH
 
-__all__ = ["FOLDERS", "DashboardSettings", "KpiTargets", "build_dashboards"]
+__all__ = ["FOLDERS", "OPS", "AlertSettings", "DashboardSettings", "KpiTargets", "build_dashboards"]
 
 WALL = Folder("gridwatch-wall", "gridwatch 大屏 Wall screens", "wall")
 OPS = Folder("gridwatch-ops", "gridwatch 运行 Operations", "operations")
@@ -90,6 +91,57 @@ class KpiTargets(BaseModel):
     escalated_alarm: int = Field(5, ge=1, title="Escalated today: red", description="Count.")
 
 
+class AlertSettings(BaseModel):
+    """Thresholds and windows of the alert rules (`alerts.py`; docs/DASHBOARDS.md "Alert rules")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera_down_minutes: int = Field(
+        10, ge=1, le=1440, title="Camera down", description="Alert when a camera has had no frame this long."
+    )
+    silent_sensors_at_once: int = Field(
+        5,
+        ge=2,
+        title="Sensors silent at once",
+        description="Alert when this many sensors of one community fall silent within the window below.",
+    )
+    silent_window_minutes: int = Field(
+        30, ge=1, le=1440, title="Silence burst window", description="Minutes (a gateway going down)."
+    )
+    lag_records: int = Field(
+        10_000,
+        ge=1,
+        title="Consumer lag",
+        description="Alert when the readings lag never fell below this in the lag window and is still rising.",
+    )
+    lag_window_minutes: int = Field(15, ge=2, le=1440, title="Lag window", description="Minutes.")
+    dead_letters_per_window: int = Field(
+        100, ge=1, title="Dead letters", description="Alert above this many dead letters of one component."
+    )
+    dead_letters_window_minutes: int = Field(
+        10, ge=1, le=1440, title="Dead-letter window", description="Minutes."
+    )
+    heartbeat_minutes: int = Field(
+        3,
+        ge=1,
+        le=60,
+        title="Heartbeat window",
+        description="A service with no health point this long is down.",
+    )
+    heartbeat_components: list[Literal["bridge", "streams", "dispatch", "cameras"]] = Field(
+        default_factory=lambda: ["bridge", "streams", "dispatch", "cameras"],
+        title="Services watched",
+        description="Components whose silence alerts (leave out `cameras` in a centre without camera workers).",
+    )
+    contact_type: Literal["webhook", "dingding", "wecom"] = Field(
+        "webhook",
+        title="Contact point type",
+        description="Grafana integration of the one contact point: a generic webhook (Grafana's JSON, for a relay), "
+        "or Grafana's own DingTalk (`dingding`) / WeCom (`wecom`) robot integrations. URL from "
+        "GRAFANA_ALERT_WEBHOOK_URL.",
+    )
+
+
 class DashboardSettings(BaseModel):
     """What a deployment may change in the generated dashboards (`python -m gridwatch.dashboards_gen`)."""
 
@@ -112,6 +164,9 @@ class DashboardSettings(BaseModel):
         pattern=_DURATION,
         title="Silent-sensor look-back",
         description="How far back a silence episode still counts as open (InfluxQL duration).",
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings, title="Alert rules", description="Thresholds and windows."
     )
 
 

@@ -1,4 +1,4 @@
-"""Push gridwatch's folders, datasources and dashboards to a running Grafana over its HTTP API.
+"""Push gridwatch's folders, datasources, dashboards and alert rules to a running Grafana (HTTP API).
 
 For a Grafana that is not provisioned from files (a shared or hosted Grafana, where gridwatch
 cannot mount `dashboards/provisioning/`). The objects are the same ones the provisioning files
@@ -7,7 +7,14 @@ environment, and `build_dashboards()` (or the JSON files of a dashboards directo
 
 Client: `grafana-api` 1.0.3, the pinned dependency the design brief names (docs/DASHBOARDS.md
 "Pushing to Grafana" says why not `grafana-client`). It predates Grafana's alerting provisioning
-API, so alert rules are not pushed.
+API, so the alert rules go through its generic request methods (`GrafanaAPI.GET/POST/PUT`, which
+add the same token and base URL): `/api/v1/provisioning/alert-rules` (GET by uid, then POST to
+create or PUT to update), then the rule group's evaluation interval (a POST ignores it). No
+`X-Disable-Provenance` header: pushed rules are marked as provisioned (provenance "api") and
+cannot be edited in Grafana's UI, like the provisioned dashboards; change the generator and push.
+The contact point and notification policy are not pushed: on a shared Grafana the policy tree
+belongs to its administrators (the API replaces it whole); route on the rules' `system=gridwatch`
+label there. With files (docker-compose), `provisioning/alerting/` provides both.
 
 The API token is sent only in the `Authorization: Bearer` header by the client; it is never
 logged, never put in an exception, and never part of a returned object. Datasource passwords
@@ -25,10 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from gridwatch.dashboards_gen.alerts import ALERTS_FOLDER, RULE_GROUP, RULE_INTERVAL, rule_payloads
 from gridwatch.dashboards_gen.dashboards import FOLDERS, DashboardSettings, build_dashboards
-from gridwatch.dashboards_gen.provisioning import DATASOURCE_ENV, datasource_definitions
+from gridwatch.dashboards_gen.provisioning import ALERT_RULES_FILE, DATASOURCE_ENV, datasource_definitions
 
 __all__ = ["PushError", "PushReport", "datasource_payloads", "push_dashboards"]
 
@@ -44,11 +53,14 @@ class PushError(RuntimeError):
 class PushedObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["folder", "datasource", "dashboard"] = Field(title="Kind", description="What was pushed.")
+    kind: Literal["folder", "datasource", "dashboard", "alert_rule", "rule_group"] = Field(
+        title="Kind", description="What was pushed."
+    )
     uid: str = Field(title="UID", description="Its uid in Grafana.")
     title: str = Field(title="Title", description="Its title or name.")
     action: Literal["created", "updated", "unchanged"] = Field(
-        title="Action", description="What was done (a dashboard is always saved; version 1 means created)."
+        title="Action",
+        description="What was done (a dashboard or alert rule is always saved; dashboard version 1 means created).",
     )
     url: str | None = Field(None, title="URL", description="Grafana's path to it (dashboards).")
 
@@ -114,6 +126,33 @@ def _load_dashboards(
     return out
 
 
+def _load_alert_rules(
+    dashboards_dir: Path | None, settings: DashboardSettings | None
+) -> list[dict[str, Any]]:
+    """The alert rules as API payloads: built in memory, or read from a dashboards directory's
+    alerting provisioning file (the file's link fields become the API's annotations only)."""
+    if dashboards_dir is None:
+        return rule_payloads(settings)
+    path = dashboards_dir / ALERT_RULES_FILE
+    try:
+        doc = yaml.safe_load(path.read_text("utf-8"))
+        groups = doc["groups"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PushError(f"{path}: not an alerting provisioning file: {e}") from None
+    out = []
+    for g in groups:
+        if g.get("folder") != ALERTS_FOLDER.title or g.get("name") != RULE_GROUP:
+            raise PushError(f"{path}: unexpected rule group {g.get('name')!r} in folder {g.get('folder')!r}")
+        for r in g["rules"]:
+            body = {k: v for k, v in r.items() if k not in ("dashboardUid", "panelId")}
+            out.append({**body, "folderUID": ALERTS_FOLDER.uid, "ruleGroup": RULE_GROUP})
+    return out
+
+
+def _seconds(duration: str) -> int:
+    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+
+
 def _status(e: Exception) -> int | None:
     return getattr(e, "status_code", None)
 
@@ -135,6 +174,7 @@ def push_dashboards(
     env: Mapping[str, str] | None = None,
     dashboards_dir: Path | None = None,
     settings: DashboardSettings | None = None,
+    alerts: bool = True,
     message: str = "gridwatch dashboards push",
     timeout_s: float = 10.0,
     verify_tls: bool = True,
@@ -148,9 +188,12 @@ def push_dashboards(
         provisioning file names (`GRIDWATCH_INFLUX_*`, `GRIDWATCH_LEDGER_*`; `env`, default os.environ).
     dashboards_dir: push the JSON files of this dashboards/ directory instead of building them.
     settings: generator settings when building (ignored with `dashboards_dir`).
+    alerts: also create/update the alert rules (in their own folder, `gridwatch-alerts`), built or
+        read from `dashboards_dir/provisioning/alerting/gridwatch-alerts.yaml`; the rules need the
+        InfluxDB datasource (uid `gridwatch-influxql`) to exist in that Grafana.
 
-    Idempotent: folders and datasources are looked up first and updated in place; dashboards are
-    saved with `overwrite`. Raises PushError on the first refusal (status and Grafana's message).
+    Idempotent: folders, datasources and alert rules are looked up first and updated in place;
+    dashboards are saved with `overwrite`. Raises PushError on the first refusal (status and Grafana's message).
     """
     from grafana_api.grafana_face import GrafanaFace  # the client is only needed here
 
@@ -168,6 +211,7 @@ def push_dashboards(
     # Prepare everything before the first request: a missing variable should not leave half a push.
     ds_payloads = datasource_payloads(env) if datasources else []
     boards = _load_dashboards(dashboards_dir, settings)
+    rules = _load_alert_rules(dashboards_dir, settings) if alerts else []
 
     api = GrafanaFace(
         auth=token,
@@ -184,7 +228,7 @@ def push_dashboards(
         status = _status(e)
         return PushError(f"Grafana at {base} refused {what}: {status or ''} {_message(e)}".replace("  ", " "))
 
-    for folder in FOLDERS:
+    for folder in (*FOLDERS, ALERTS_FOLDER) if alerts else FOLDERS:
         try:
             existing = api.folder.get_folder(folder.uid)
         except Exception as e:
@@ -246,5 +290,41 @@ def push_dashboards(
                 action=action,
                 url=res.get("url"),
             )
+        )
+
+    for rule in rules:
+        uid = rule["uid"]
+        try:
+            api.api.GET(f"/v1/provisioning/alert-rules/{quote(uid, safe='')}")
+            exists = True
+        except Exception as e:
+            if _status(e) != 404:
+                raise refused(f"reading alert rule {uid}", e) from None
+            exists = False
+        try:
+            if exists:
+                api.api.PUT(f"/v1/provisioning/alert-rules/{quote(uid, safe='')}", json=rule)
+            else:
+                api.api.POST("/v1/provisioning/alert-rules", json=rule)
+        except Exception as e:
+            raise refused(f"saving alert rule {uid}", e) from None
+        action = "updated" if exists else "created"
+        log.info("grafana: alert rule %s %s", uid, action)
+        report.objects.append(PushedObject(kind="alert_rule", uid=uid, title=rule["title"], action=action))
+
+    if rules:
+        # a POST puts a new group on Grafana's default interval: set ours on the group as stored
+        path = f"/v1/provisioning/folder/{ALERTS_FOLDER.uid}/rule-groups/{quote(RULE_GROUP, safe='')}"
+        try:
+            group = api.api.GET(path)
+            action = "unchanged"
+            if group.get("interval") != _seconds(RULE_INTERVAL):
+                api.api.PUT(path, json={**group, "interval": _seconds(RULE_INTERVAL)})
+                action = "updated"
+        except Exception as e:
+            raise refused(f"setting the interval of rule group {RULE_GROUP}", e) from None
+        log.info("grafana: rule group %s %s (interval %s)", RULE_GROUP, action, RULE_INTERVAL)
+        report.objects.append(
+            PushedObject(kind="rule_group", uid=RULE_GROUP, title=RULE_GROUP, action=action)
         )
     return report

@@ -715,6 +715,13 @@ class ConsoleConfig(_Model):
     cookie_secure: bool = Field(
         False, title="Secure cookies", description="Set when the console is served over HTTPS."
     )
+    grafana_url: str | None = Field(
+        None,
+        title="Grafana URL",
+        description="Base URL of the centre's Grafana (e.g. https://grafana.city.example): the console "
+        "links each incident to the drill-down of its town, community and grid, and the header to the "
+        "city wall. Unset: no links.",
+    )
 
 
 class SiteConfig(_Model):

@@ -442,6 +442,23 @@ def test_language_switch_changes_labels(core: DispatchCore, pw_hash: str) -> Non
     assert "事件看板" in d.get("/console/").text
 
 
+def test_links_to_grafana_drilldown_and_wall(core: DispatchCore, pw_hash: str) -> None:
+    iid = incident(core)
+    row = core.ledger.incident_row(iid)
+    c = TestClient(make_app(core, pw_hash)[0])
+    login(c, "op")
+    assert "/d/gridwatch-" not in c.get(f"/console/incidents/{iid}").text  # no Grafana configured: no links
+    c = TestClient(make_app(core, pw_hash, grafana_url="https://grafana.city.example/")[0])
+    login(c, "op")
+    html = c.get(f"/console/incidents/{iid}").text
+    want = (
+        f"https://grafana.city.example/d/gridwatch-drilldown/?var-town={row.town_id}"
+        f"&amp;var-community={row.community_id}&amp;var-grid={row.grid_id}"
+    )
+    assert want in html and "在 Grafana 中查看该网格" in html
+    assert 'href="https://grafana.city.example/d/gridwatch-wall?kiosk"' in c.get("/console/").text
+
+
 def test_times_are_shown_in_the_centre_time_zone(core: DispatchCore, pw_hash: str) -> None:
     iid = incident(core)  # created at T0 = 2026-11-24 10:00 Asia/Shanghai (02:00 UTC)
     app, _ = make_app(core, pw_hash)

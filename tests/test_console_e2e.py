@@ -408,7 +408,16 @@ VISIBLE_TEXT_JS = """() => {
 }"""
 KEY_LIKE = re.compile(r"\b[a-z]+(?:_[a-z0-9]+)+\b")  # an i18n key or a raw enum value (pending_review)
 LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
-ALLOWED_LATIN = {"English", "Enter", "PM", "dB", "obs", "ug", "ms"}  # language switch, a key, units
+ALLOWED_LATIN = {
+    "English",
+    "Enter",
+    "PM",
+    "dB",
+    "obs",
+    "ug",
+    "ms",
+    "Grafana",
+}  # language switch, a key, units, a product
 ID = re.compile(
     r"\b[a-z]+-(?=[0-9a-z-]*[0-9])[0-9a-z]+(?:-[0-9a-z]+)*\b"
 )  # inc-0a1b..., cam-0301, g-01-02-03

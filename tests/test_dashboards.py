@@ -963,3 +963,27 @@ def test_push_refusals_name_the_problem_but_never_the_secret(
     assert not any("/datasources" in r["path"] for r in g.requests)
     with pytest.raises(PushError, match="no dashboards"):
         push_dashboards(g.url, g.token, datasources=False, dashboards_dir=tmp_path)
+
+
+def test_every_incident_id_links_to_the_console() -> None:
+    """Issue 9: each incident shown from the ledger opens its page in the operator console."""
+    linked = []
+    for uid, d in DASHBOARDS.items():
+        for p in _panels(d):
+            sql = " ".join(t.get("rawSql", "") for t in p.get("targets", []))
+            if "incident_id" not in sql.split("FROM")[0]:
+                continue
+            links = [
+                link
+                for o in p["fieldConfig"]["overrides"]
+                if o["matcher"] == {"id": "byName", "options": "incident_id"}
+                for prop in o["properties"]
+                if prop["id"] == "links"
+                for link in prop["value"]
+            ]
+            assert [x["url"] for x in links] == ["http://localhost:8080/console/incidents/${__value.raw}"], (
+                uid,
+                p["title"],
+            )
+            linked.append((uid, p["type"]))
+    assert ("gridwatch-wall", "geomap") in linked and ("gridwatch-drilldown", "table") in linked

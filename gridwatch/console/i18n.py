@@ -288,6 +288,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "evk_reading_window": ("读数窗口", "reading window"),
     "evk_clip": ("视频片段", "clip"),
     "evk_frame": ("原始帧", "raw frame"),
+    "nav_wall": ("城市大屏", "City wall"),
+    "d_grafana": ("在 Grafana 中查看该网格", "Open its grid in Grafana"),
     "evk_detections": ("检测结果", "detections"),
     "evk_report": ("报告", "report"),
     "fusion_new": ("新建", "new"),

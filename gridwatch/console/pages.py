@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
 from gridwatch.city import CityModel, CityNode, Level
@@ -50,6 +50,8 @@ class PageCtx:
     flash: list[tuple[str, str]] = field(default_factory=list)
     path: str = ""
     """This page's path and query, where the language switch comes back to."""
+    grafana: str = ""
+    """The centre's Grafana (no trailing slash), or "" for no links."""
 
     def fmt_time(self, ms: int | None, seconds: bool = True) -> str:
         if ms is None:
@@ -103,6 +105,25 @@ def due_text(lang: Lang, due: int | None, now: int) -> str:
     return t(lang, "left", t=fmt_dur(lang, left)) if left >= 0 else t(lang, "late", t=fmt_dur(lang, left))
 
 
+def grafana_drilldown_url(base: str, row: IncidentRow) -> str | None:
+    """The Grafana drill-down of the incident's town, community and grid (dashboards/ops)."""
+    if not base or not row.town_id:
+        return None
+    q = {"var-town": row.town_id}
+    if row.community_id:
+        q["var-community"] = row.community_id
+    if row.grid_id:
+        q["var-grid"] = row.grid_id
+    return f"{base}/d/gridwatch-drilldown/?{urlencode(q)}"
+
+
+def _grafana_link(ctx: PageCtx, row: IncidentRow) -> str:
+    url = grafana_drilldown_url(ctx.grafana, row)
+    if url is None:
+        return ""
+    return f' <a class="ext" href="{e(url)}" target="_blank" rel="noopener">{e(t(ctx.lang, "d_grafana"))}</a>'
+
+
 def frame(ctx: PageCtx, *, title: str, body: str, page: str, data: dict[str, Any] | None = None) -> str:
     """The page around `body`: header with navigation, user, language switch and log-out."""
     L, p = ctx.lang, ctx.prefix
@@ -113,6 +134,11 @@ def frame(ctx: PageCtx, *, title: str, body: str, page: str, data: dict[str, Any
             f'<a href="{e(p + href)}" class="{"on" if page == key else ""}">{e(t(L, lab))}</a>'
             for key, href, lab in items
         )
+        if ctx.grafana:
+            links += (
+                f'<a href="{e(ctx.grafana)}/d/gridwatch-wall?kiosk" target="_blank" rel="noopener" '
+                f'class="ext">{e(t(L, "nav_wall"))}</a>'
+            )
         other = "en" if L == "zh" else "zh"
         who = ctx.user.display_name
         role = t(L, f"role_{ctx.user.role}") + (f" · {ctx.user.node}" if ctx.user.node else "")
@@ -382,7 +408,7 @@ def detail_page(
         ("d_level", e(tv(L, "level", row.level))),
         ("d_node", f"{e(nn(row.node_id))} <code>{e(row.node_id)}</code>"),
         ("d_team", e(team_name) + (f" · {e(t(L, 'd_leader'))} {e(team.leader)}" if team else "")),
-        ("d_location", e(loc)),
+        ("d_location", e(loc) + _grafana_link(ctx, row)),
         ("d_platform", e(row.platform)),
         ("d_created", e(ctx.fmt_time(row.created_at))),
         ("d_assigned", e(ctx.fmt_time(row.assigned_at))),

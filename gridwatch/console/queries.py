@@ -2,7 +2,7 @@
 
 The Ledger has per-incident readers (`transitions`, `sources`, `deliveries`, `attempts`) but no
 paged, filtered list and no "changes since seq": these live here for now, read-only, through
-`ledger.session()`. They belong in `gridwatch/dispatch/ledger.py` (see docs/CONSOLE.md).
+`ledger.read()` (a snapshot that never blocks the writers). They belong in `gridwatch/dispatch/ledger.py` (see docs/CONSOLE.md).
 
 A team user sees only incidents whose `chain` contains its node. `chain` is a JSON list, and JSON
 containment is spelled differently on SQLite and PostgreSQL, so the filter is a LIKE on the JSON
@@ -96,7 +96,7 @@ def board_page(
     ledger: Ledger, f: BoardFilter, *, offset: int = 0, limit: int = 100, order: str = "due"
 ) -> tuple[int, list[dict[str, Any]]]:
     """(total matching, one page of rows). `order`: due (most urgent first) or new."""
-    with ledger.session() as s:
+    with ledger.read() as s:
         total = int(s.execute(f.apply(select(func.count()).select_from(IncidentRow))).scalar() or 0)
         q = f.apply(select(IncidentRow))
         if order == "new":
@@ -115,7 +115,7 @@ def board_page(
 
 def summary(ledger: Ledger, f: BoardFilter, now_ms: int) -> dict[str, Any]:
     """Open incidents by level and state, and how many are overdue now (for the board's header)."""
-    with ledger.session() as s:
+    with ledger.read() as s:
         q = f.apply(
             select(IncidentRow.level, IncidentRow.state, func.count()).group_by(
                 IncidentRow.level, IncidentRow.state
@@ -148,7 +148,7 @@ def markers(ledger: Ledger, f: BoardFilter, limit: int = 50_000) -> list[list[An
         IncidentRow.category,
         IncidentRow.chain,
     )
-    with ledger.session() as s:
+    with ledger.read() as s:
         q = f.apply(select(*cols).where(IncidentRow.lon.is_not(None))).limit(limit)
         return [list(r[:8]) for r in s.execute(q).all() if f.admits(r[8])]
 
@@ -156,7 +156,7 @@ def markers(ledger: Ledger, f: BoardFilter, limit: int = 50_000) -> list[list[An
 def rows_by_id(ledger: Ledger, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     ids = list(set(ids))
     out: dict[str, dict[str, Any]] = {}
-    with ledger.session() as s:
+    with ledger.read() as s:
         for i in range(0, len(ids), 500):
             for r in s.execute(
                 select(IncidentRow).where(IncidentRow.incident_id.in_(ids[i : i + 500]))
@@ -166,7 +166,7 @@ def rows_by_id(ledger: Ledger, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 
 def max_seq(ledger: Ledger) -> int:
-    with ledger.session() as s:
+    with ledger.read() as s:
         return int(s.execute(select(func.max(TransitionRow.seq))).scalar() or 0)
 
 
@@ -175,7 +175,7 @@ def transitions_since(
 ) -> list[TransitionRow]:
     """Audit rows with seq > `last`, plus any of the `gaps` (seqs skipped earlier) that appeared since."""
     gaps = list(gaps)
-    with ledger.session() as s:
+    with ledger.read() as s:
         cond = TransitionRow.seq > last
         if gaps:
             cond = or_(cond, TransitionRow.seq.in_(gaps))
@@ -190,7 +190,7 @@ def transitions_since(
 def review_queue(ledger: Ledger, f: BoardFilter, *, limit: int = 200) -> tuple[int, list[dict[str, Any]]]:
     """(how many wait, the oldest `limit` of them): incidents in `pending_review`, first come first
     served, each with its sources (evidence, confidence) and what was merged into it."""
-    with ledger.session() as s:
+    with ledger.read() as s:
         base = f.apply(select(IncidentRow).where(IncidentRow.state == "pending_review"))
         total = int(
             s.execute(
@@ -250,7 +250,7 @@ def nearby(ledger: Ledger, row: IncidentRow, f: BoardFilter, *, limit: int = 6) 
     if row.lon is None or row.lat is None:
         return []
     d = 0.02  # degrees: a box of about 2 km around it, then exact distances in Python
-    with ledger.session() as s:
+    with ledger.read() as s:
         q = f.apply(
             select(IncidentRow).where(
                 IncidentRow.category == row.category,

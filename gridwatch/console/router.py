@@ -133,6 +133,7 @@ def build_console_router(
     evidence_dir: str | Path | None = None,
     prefix: str = "/console",
     cookie_secure: bool = False,
+    grafana_url: str | None = None,
     session_idle_s: float = 8 * 3600,
     poll_interval_s: float = 0.5,
     sse_max_s: float = 300.0,
@@ -141,7 +142,8 @@ def build_console_router(
 
     `users`: who may log in (docs/CONSOLE.md); `timezone`: the centre's (config `site.timezone`);
     `evidence_dir`: local snapshots under it are served to logged-in users (file:// evidence refs);
-    `cookie_secure`: set the Secure flag (behind HTTPS); `sse_max_s`: an event stream ends after
+    `cookie_secure`: set the Secure flag (behind HTTPS); `grafana_url`: the centre's Grafana, linked
+    from the header (city wall) and each incident (its drill-down); `sse_max_s`: an event stream ends after
     this long and the browser resumes it at once (bounds how long a graceful shutdown waits).
     """
     ZoneInfo(timezone)  # an unknown zone fails here, not on the first page
@@ -192,7 +194,7 @@ def build_console_router(
         return PageCtx(
             lang=lang_of(request, sess), prefix=prefix, tz=timezone, site=site_name, now_ms=core.clock.now_ms(),
             static_v=static_v, user=sess.user if sess else None, csrf=sess.csrf if sess else "", flash=flash,
-            path=path,
+            path=path, grafana=(grafana_url or "").rstrip("/"),
         )  # fmt: skip
 
     def page(html: str, status: int = 200) -> HTMLResponse:

@@ -16,6 +16,7 @@ Query conventions (docs/DASHBOARDS.md has the reasons):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -167,6 +168,12 @@ class DashboardSettings(BaseModel):
     )
     alerts: AlertSettings = Field(
         default_factory=AlertSettings, title="Alert rules", description="Thresholds and windows."
+    )
+    console_url: str = Field(
+        "http://localhost:8080/console",
+        title="Console URL",
+        description="The operator console (served by the dispatch API): every incident id in a ledger "
+        "table or on the map links to its page there.",
     )
 
 
@@ -1697,10 +1704,35 @@ def monthly(s: DashboardSettings) -> Dashboard:
     )
 
 
+def console_link(console_url: str) -> dict:
+    """Field override: the `incident_id` column opens the incident's page in the operator console."""
+    return {
+        "matcher": {"id": "byName", "options": "incident_id"},
+        "properties": [
+            {
+                "id": "links",
+                "value": [
+                    {
+                        "title": "控制台处置 Open in the console",
+                        "url": console_url.rstrip("/") + "/incidents/${__value.raw}",
+                        "targetBlank": True,
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _selects_incident_id(p: Panel) -> bool:
+    return any(
+        isinstance(t, SQL) and re.search(r"\bincident_id\b", t.sql.split("\nFROM")[0]) for t in p.targets
+    )
+
+
 def build_dashboards(settings: DashboardSettings | None = None) -> list[Dashboard]:
     """Every gridwatch dashboard, in a stable order."""
     s = settings or DashboardSettings()
-    return [
+    out = [
         *(wall(s, screen) for screen in SCREENS),
         drilldown(s),
         sensors(s),
@@ -1708,3 +1740,8 @@ def build_dashboards(settings: DashboardSettings | None = None) -> list[Dashboar
         pipeline(s),
         monthly(s),
     ]
+    for d in out:  # every incident shown from the ledger links to the console, where operators act
+        for p in d.panels:
+            if _selects_incident_id(p):
+                p.overrides = [*p.overrides, console_link(s.console_url)]
+    return out

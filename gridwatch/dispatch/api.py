@@ -215,7 +215,7 @@ def build_api(
         authorise(who, "read")
 
         def q() -> list[dict[str, Any]]:
-            with core.ledger.session() as s:
+            with core.ledger.read() as s:
                 stmt = select(IncidentRow).order_by(IncidentRow.created_at.desc()).limit(min(limit, 2000))
                 if state:
                     stmt = stmt.where(IncidentRow.state == state)
@@ -362,7 +362,7 @@ def build_api(
     @app.get("/open311/v2/requests/{request_id}.json", tags=["open311"])
     async def get_request(request_id: str) -> JSONResponse:
         def q() -> dict[str, Any] | None:
-            with core.ledger.session() as s:
+            with core.ledger.read() as s:
                 src = s.get(IncidentSourceRow, request_id)
                 if src is None:
                     return None

@@ -431,6 +431,7 @@ class DispatchService:
                 site_name=self.cfg.site.name,
                 evidence_dir=self.cfg.cameras.evidence.directory,
                 cookie_secure=self.cfg.console.cookie_secure,
+                grafana_url=self.cfg.console.grafana_url,
             )
             app.include_router(console)
         config = uvicorn.Config(app, host=self.cfg.dispatch.api_host, port=self.cfg.dispatch.api_port,

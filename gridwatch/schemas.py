@@ -262,8 +262,8 @@ class TeamFeedback(_Schema):
         min_length=1, max_length=128, title="Command id", description="Unique per command."
     )
     incident_id: str = Field(min_length=1, max_length=64, title="Incident", description="Incident id.")
-    command: Literal["acknowledge", "arrive", "resolve", "reject", "transfer", "false_alarm"] = Field(
-        title="Command", description="What the team does."
+    command: Literal["acknowledge", "arrive", "resolve", "reject", "transfer", "false_alarm", "note"] = Field(
+        title="Command", description="What the team does (`note`: a line in the audit trail, needs `note`)."
     )
     by: str = Field("", max_length=128, title="By", description="Team member's name or id.")
     note: str = Field("", max_length=2000, title="Note", description="Resolution note.")

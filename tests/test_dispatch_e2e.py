@@ -248,6 +248,14 @@ def test_closed_loop_end_to_end(
         comm_term.publish(team_feedback_topic("gridwatch", COMMUNITY), fb)
         _, reply2 = comm_term.next(10)
         assert reply2["ok"] and reply2["duplicate"]
+        # a note from the terminal lands in the audit trail, by the team, and changes nothing else
+        note = {"v": 1, "command_id": "note-c-1", "incident_id": iid, "command": "note", "by": "李强",
+                "note": "已联系物业 called the property manager"}  # fmt: skip
+        comm_term.publish(team_feedback_topic("gridwatch", COMMUNITY), note)
+        _, reply3 = comm_term.next(10)
+        assert reply3["ok"] and reply3["state"] == "acknowledged", reply3
+        last = led.transitions(iid)[-1]
+        assert (last.kind, last.actor, last.by, last.note) == ("note", "team", "李强", note["note"])
         # a team cannot publish commands as another team: the broker drops it (ACL)
         grid_term.publish(team_feedback_topic("gridwatch", COMMUNITY), {**fb, "command_id": "spoof"})
 
@@ -275,7 +283,7 @@ def test_closed_loop_end_to_end(
             f"/api/v1/incidents/{iid}", headers={"Authorization": f"Bearer {TOKENS['supervisor']}"}
         ).json()
         kinds = [t["kind"] for t in detail["transitions"]]
-        assert kinds == ["dispatch", "escalate", "acknowledge", "resolve", "verify"]
+        assert kinds == ["dispatch", "escalate", "acknowledge", "note", "resolve", "verify"]
         assert "spoof" not in {t["command_id"] for t in detail["transitions"]}
         assert all(d["status"] == "sent" for d in detail["deliveries"])
 

@@ -9,7 +9,9 @@ Pipeline per frame (pure functions below, each unit-tested):
 
 1. :func:`preprocess` - centred letterbox to 416x416 (aspect kept, black padding, as NanoDet's own
    ``keep_ratio: True`` warp), BGR kept, ``(pixel - mean) / std`` with NanoDet's training constants,
-   NCHW float32.
+   NCHW float32. With ``trim_padding`` (default) the padding the frame does not need is cut in
+   64 px steps (:func:`trimmed_input`: 416x352 for 4:3), the graph's declared input re-written to
+   match (:func:`resized_graph`, detectors/onnx_shapes.py); same scale, same cell grid.
 2. onnxruntime runs the graph: per stride (8, 16, 32) sigmoid class scores ``[1, HxW, 80]`` and box
    distributions ``[1, HxW, 4 x (reg_max + 1)]``.
 3. :func:`decode_gfl` - cells with a class score above the threshold (one candidate per
@@ -180,6 +182,22 @@ class NanoDetConfig(DetectorConfig):
         title="Resize",
         description="letterbox keeps the aspect ratio (as trained); stretch fills the input. Default: the manifest's.",
     )
+    input_size: tuple[int, int] | None = Field(
+        None,
+        title="Input size",
+        description="Network input [width, height] in pixels, multiples of the largest head stride (32); "
+        "default: the manifest's (416x416). Smaller sizes shrink the picture and cost detections "
+        "(docs/MODELS.md has the measurements); to save only the padding, leave this and keep "
+        "trim_padding on.",
+    )
+    trim_padding: bool = Field(
+        True,
+        title="Trim letterbox padding",
+        description="Cut the letterbox padding rows (or columns) the frame does not need from the network "
+        "input, in steps of two of the largest stride (64 px) so the cell grid stays on the same pixels: "
+        "the frame is seen at the same scale, and a 4:3 frame costs 416x352 instead of 416x416 (-15 %), "
+        "16:9 416x288 (-30 %). Detections are those of the full input but for a few boxes near the edge.",
+    )
     intra_op_threads: int = Field(
         1,
         ge=1,
@@ -188,6 +206,13 @@ class NanoDetConfig(DetectorConfig):
         description="onnxruntime threads for one inference. 1 by default: a machine runs several camera "
         "workers, and one thread each uses the cores better than several threads per worker.",
     )
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 32 or v[1] < 32 or v[0] > 4096 or v[1] > 4096):
+            raise ValueError("width and height must be 32-4096 pixels")
+        return v
 
     @field_validator("classes")
     @classmethod
@@ -325,7 +350,7 @@ def nms_per_class(
 
 
 # --- the detector --------------------------------------------------------------------------------
-def make_session(model_path: Path, intra_op_threads: int) -> ort.InferenceSession:
+def make_session(model: Path | bytes, intra_op_threads: int) -> ort.InferenceSession:
     """The onnxruntime session, with options chosen for many camera workers sharing a few cores."""
     opts = ort.SessionOptions()
     # one inference uses `intra_op_threads` cores (1 by default): on a 2-core machine running
@@ -339,7 +364,37 @@ def make_session(model_path: Path, intra_op_threads: int) -> ort.InferenceSessio
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # idle pool threads must not spin-wait between frames, burning CPU the other workers need
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def trimmed_input(frame_w: int, frame_h: int, width: int, height: int, step: int) -> tuple[int, int]:
+    """The input size holding a ``frame_w x frame_h`` frame letterboxed at the scale of a ``width x
+    height`` input, with the unneeded padding cut in multiples of ``step`` (two strides: the centred
+    picture moves by whole cells, so every level's grid stays on the same frame pixels)."""
+    scale = min(width / frame_w, height / frame_h)
+    nw, nh = max(1, round(frame_w * scale)), max(1, round(frame_h * scale))
+    return width - step * ((width - nw) // step), height - step * ((height - nh) // step)
+
+
+def resized_graph(model: bytes, manifest: ModelManifest, width: int, height: int) -> bytes:
+    """The model's bytes with its input declared ``[1, 3, height, width]`` and the head outputs to
+    match (``ceil(W / stride) x ceil(H / stride)`` cells per level). The graph itself is
+    size-agnostic (detectors/onnx_shapes.py says why); only the declarations were fixed."""
+    from gridwatch.detectors.onnx_shapes import declared_shapes, set_declared_shapes
+
+    ins, outs = declared_shapes(model)
+    name = manifest.input.name
+    if name not in ins or len(ins[name]) != 4:
+        raise ModelIntegrityError(f"{manifest.name}: graph input {name!r} is not a 4-d NCHW tensor")
+    shapes: dict[str, list[int | str | None]] = {name: [*ins[name][:2], height, width]}
+    for lvl in manifest.head.levels:
+        cells = (-(-width // lvl.stride)) * (-(-height // lvl.stride))
+        for out in (lvl.cls, lvl.dis):
+            if out not in outs or len(outs[out]) != 3:
+                raise ModelIntegrityError(f"{manifest.name}: graph output {out!r} is not [1, cells, values]")
+            shapes[out] = [outs[out][0], cells, outs[out][2]]
+    return set_declared_shapes(model, shapes)
 
 
 @register_detector("nanodet")
@@ -354,7 +409,19 @@ class NanoDetDetector(Detector):
         self.manifest = manifest = load_manifest(model_dir)
         self.model_path = model_dir / manifest.file
         verify_model_file(self.model_path, manifest.sha256, model_dir / MANIFEST_NAME)
+        spec = manifest.input
+        width, height = config.input_size or (spec.width, spec.height)
+        stride = max(lvl.stride for lvl in manifest.head.levels)
+        if width % stride or height % stride:
+            raise DetectorConfigError(
+                f"detector.input_size: {width}x{height} is not a multiple of {manifest.name}'s largest "
+                f"stride {stride} in both directions (e.g. 416x320, 384x288, 320x256)"
+            )
+        self.input_width, self.input_height = width, height
         self.model_version = f"{manifest.name}@{manifest.sha256[:12]}"
+        if (width, height) != (spec.width, spec.height):
+            # detections depend on the input size: say it wherever the version is recorded
+            self.model_version += f"/{width}x{height}"
 
         labels = manifest.labels
         if config.classes is None:
@@ -368,21 +435,50 @@ class NanoDetDetector(Detector):
                 )
             self._class_ids = np.array(sorted({labels.index(c) for c in config.classes}), dtype=np.int64)
 
-        spec = manifest.input
         self._mean = np.array(spec.mean, dtype=np.float32)
         self._std = np.array(spec.std, dtype=np.float32)
         self._resize = config.resize or spec.resize
-        self._session = make_session(self.model_path, config.intra_op_threads)
+        data = self.model_path.read_bytes()
+        # the bytes loaded are the bytes checked (the file could change after verify_model_file)
+        if hashlib.sha256(data).hexdigest() != manifest.sha256:
+            raise ModelIntegrityError(f"{self.model_path}: changed while loading")
+        self._model_bytes: bytes | None = data
+        self._trim_step = 2 * stride if config.trim_padding and self._resize == "letterbox" else 0
         self._cls_names = [lvl.cls for lvl in manifest.head.levels]
         self._dis_names = [lvl.dis for lvl in manifest.head.levels]
-        outputs = {o.name for o in self._session.get_outputs()}
+        # guards the sessions only: run() takes a session under it and runs outside it, so camera
+        # threads infer concurrently (onnxruntime's run() is thread-safe), while close() from
+        # another thread cannot pull a session from under a run in progress
+        self._lock = threading.Lock()
+        # one session per input size (trimming gives one per frame shape: one or two per worker)
+        self._sessions: dict[tuple[int, int], ort.InferenceSession] = {}
+        session = self._session_for(width, height)
+        outputs = {o.name for o in session.get_outputs()}
         missing = [n for n in self._cls_names + self._dis_names if n not in outputs]
-        if missing or spec.name not in {i.name for i in self._session.get_inputs()}:
+        if missing or spec.name not in {i.name for i in session.get_inputs()}:
             raise ModelIntegrityError(
                 f"{self.model_path}: graph lacks {missing or spec.name} named by the manifest"
             )
-        # serialises run() with close(): a camera worker may close the detector from another thread
-        self._lock = threading.Lock()
+
+    def _session_for(self, width: int, height: int) -> ort.InferenceSession:
+        with self._lock:
+            if self._model_bytes is None:
+                raise RuntimeError(f"{self.model_version}: detector is closed")
+            session = self._sessions.get((width, height))
+            if session is None:
+                spec = self.manifest.input
+                model = self._model_bytes
+                if (width, height) != (spec.width, spec.height):
+                    model = resized_graph(model, self.manifest, width, height)
+                session = make_session(model, self.config.intra_op_threads)
+                self._sessions[(width, height)] = session
+            return session
+
+    def input_size_for(self, frame_w: int, frame_h: int) -> tuple[int, int]:
+        """The network input size a ``frame_w x frame_h`` frame is run at."""
+        if not self._trim_step:
+            return self.input_width, self.input_height
+        return trimmed_input(frame_w, frame_h, self.input_width, self.input_height, self._trim_step)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -390,10 +486,8 @@ class NanoDetDetector(Detector):
 
     def infer(self, batch: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Raw network outputs for a preprocessed batch: (class scores per level, box logits per level)."""
-        with self._lock:
-            if self._session is None:
-                raise RuntimeError(f"{self.model_version}: detector is closed")
-            out = self._session.run(self._cls_names + self._dis_names, {self.manifest.input.name: batch})
+        session = self._session_for(batch.shape[3], batch.shape[2])
+        out = session.run(self._cls_names + self._dis_names, {self.manifest.input.name: batch})
         n = len(self._cls_names)
         return out[:n], out[n:]
 
@@ -401,17 +495,18 @@ class NanoDetDetector(Detector):
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected a BGR uint8 frame H x W x 3, got {frame_bgr.dtype} {frame_bgr.shape}")
         spec, head = self.manifest.input, self.manifest.head
+        h, w = frame_bgr.shape[:2]
+        in_w, in_h = self.input_size_for(w, h)
         batch, box = preprocess(
-            frame_bgr, spec.width, spec.height, self._mean, self._std,
-            resize=self._resize, rgb=spec.channel_order == "RGB",
-        )  # fmt: skip
+            frame_bgr, in_w, in_h, self._mean, self._std, resize=self._resize, rgb=spec.channel_order == "RGB"
+        )
         cls_out, dis_out = self.infer(batch)
         xyxy, scores, class_ids = decode_gfl(
             cls_out,
             dis_out,
             [lvl.stride for lvl in head.levels],
-            spec.width,
-            spec.height,
+            in_w,
+            in_h,
             reg_max=head.reg_max,
             score_threshold=self.config.score_threshold,
             center_offset=head.center_offset,
@@ -420,11 +515,11 @@ class NanoDetDetector(Detector):
         keep = nms_per_class(
             xyxy, scores, class_ids, self.config.nms_iou_threshold, self.config.max_detections
         )
-        h, w = frame_bgr.shape[:2]
         return make_detections(
             box.to_frame(xyxy[keep], w, h), scores[keep], class_ids[keep], self.manifest.labels
         )
 
     def close(self) -> None:
         with self._lock:
-            self._session = None
+            self._model_bytes = None
+            self._sessions.clear()

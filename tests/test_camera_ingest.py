@@ -174,23 +174,30 @@ class _FakeCapture:
         self.script = list(script)
         self.marker = marker
         self.pts = 0.0
+        self.image: np.ndarray | None = None
         self.released = False
 
     def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
         return True
 
-    def read(self) -> tuple[bool, np.ndarray | None]:
+    def grab(self) -> bool:
+        self.image = None
         if not self.script:
             time.sleep(0.05)
-            return False, None
+            return False
         step = self.script.pop(0)
         if step[0] == "block":
             time.sleep(step[1])
             self.pts += 10_000  # whatever comes after the stall is old news
-            return True, np.full((2, 2, 3), 255, np.uint8)
+            self.image = np.full((2, 2, 3), 255, np.uint8)
+            return True
         _, self.pts, pause = step
         time.sleep(pause)
-        return True, np.full((2, 2, 3), self.marker, np.uint8)
+        self.image = np.full((2, 2, 3), self.marker, np.uint8)
+        return True
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        return self.image is not None, self.image
 
     def get(self, prop: int) -> float:
         return self.pts
@@ -231,6 +238,59 @@ def test_reader_abandons_stalled_connection_and_discards_its_backlog(
     assert kinds[:3] == ["up", "down", "up"], kinds
     assert "stalled" in events.of("fake", "down")[0][1].reason
     assert h.stalls == 1 and h.stale_dropped >= 1 and h.reconnects >= 1
+
+
+class _CountingCapture(_FakeCapture):
+    def __init__(self, script: list[tuple[Any, ...]], marker: int) -> None:
+        super().__init__(script, marker)
+        self.grabs = self.retrieves = 0
+
+    def grab(self) -> bool:
+        ok = super().grab()
+        self.grabs += ok
+        return ok
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        self.retrieves += 1
+        return super().retrieve()
+
+
+@pytest.mark.parametrize("idle_s", [0.0, 0.2])
+def test_reader_makes_images_only_of_frames_wanted(idle_s: float) -> None:
+    """Every frame is grabbed (decoded); an image is made of the frames a consumer waits for and,
+    with nobody waiting, of one every idle_retrieve_interval_s. frames() gets frames read after
+    each slot came due, never an older image."""
+    caps = [_CountingCapture([("frame", i * 20.0, 0.02) for i in range(150)], marker=1)]
+
+    def factory(url: str, params: list[int]) -> _CountingCapture:
+        return caps[0] if len(caps) == 1 else _CountingCapture([], 9)
+
+    cfg = CameraSourceConfig(
+        id="lazy", url="rtsp://h/c", analysed_fps=4, idle_retrieve_interval_s=idle_s, stall_timeout_s=5
+    )
+    got: list[tuple[float, float]] = []  # (slot due, frame read), monotonic
+    with CameraReader(cfg, capture_factory=factory) as cam:
+        assert cam.wait_frame(0, timeout=2) is not None
+        time.sleep(0.6)  # nobody waiting
+        idle = caps[0].retrieves
+        stop = threading.Event()
+        it = cam.frames(stop)
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            due = time.monotonic()
+            f = next(it)
+            got.append((due, f.mono))
+        h = cam.health()
+    cap = caps[0]
+    assert 0 <= cap.grabs - h.frames <= 1 and h.frames >= 90  # (one may be in flight)
+    if idle_s == 0:
+        assert cap.retrieves == cap.grabs  # an image of every frame
+    else:
+        assert 2 <= idle <= 6, idle  # first frame + ~3 in 0.6 s (of ~30 frames)
+        assert cap.retrieves <= cap.grabs // 3, (cap.retrieves, cap.grabs)
+        # each analysed frame was read after the consumer asked for it (paced slots: >= 0.2 s late)
+        assert all(read >= due - 0.001 for due, read in got[1:]), got
+    assert len(got) >= 5
 
 
 def test_reader_masks_credentials_in_foreign_errors(

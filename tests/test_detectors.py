@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +39,7 @@ from gridwatch.detectors.nanodet import (
     nms_per_class,
     preprocess,
 )
+from gridwatch.detectors.onnx_shapes import declared_shapes, set_declared_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 FOOTAGE = Path(os.environ.get("GRIDWATCH_FOOTAGE_DIR", REPO / "var" / "footage"))
@@ -113,6 +116,11 @@ def test_registry_builds_nanodet_from_a_mapping(nanodet: NanoDetDetector) -> Non
         ),
         ({"type": "nanodet", "score_threshold": 1.5}, "detector.score_threshold: Input should be less than"),
         ({"type": "nanodet", "classes": []}, "detector.classes: Value error, must name at least one class"),
+        (
+            {"type": "nanodet", "input_size": [16, 416]},
+            "detector.input_size: Value error, width and height must be 32-4096 pixels",
+        ),
+        ({"type": "nanodet", "input_size": [400, 300]}, "detector.input_size: 400x300 is not a multiple of"),
     ],
 )
 def test_registry_rejects_bad_configs_naming_the_field(config: dict, message: str) -> None:
@@ -187,6 +195,87 @@ def test_sha256_mismatch_names_the_file(tmp_path: Path) -> None:
         build_detector({"type": "nanodet", "model_dir": str(model_dir)})
 
 
+# --- input size: the declared shapes re-written in memory -------------------------------------------
+def test_onnx_shapes_rewrites_only_the_declarations() -> None:
+    manifest = load_manifest(DEFAULT_MODEL_DIR)
+    data = (DEFAULT_MODEL_DIR / manifest.file).read_bytes()
+    ins, outs = declared_shapes(data)
+    assert ins == {"image": [1, 3, 416, 416]}
+    assert outs["cls_pred_stride_8"] == [1, 52 * 52, 80] and outs["dis_pred_stride_32"] == [1, 13 * 13, 44]
+    # the same declarations give the same bytes: everything else is copied, not re-encoded
+    assert set_declared_shapes(data, {"image": [1, 3, 416, 416]}) == data
+    patched = set_declared_shapes(data, {"image": [1, 3, "h", 416], "cls_pred_stride_8": [1, None, 80]})
+    ins2, outs2 = declared_shapes(patched)
+    assert ins2 == {"image": [1, 3, "h", 416]} and outs2["cls_pred_stride_8"] == [1, None, 80]
+    assert outs2["cls_pred_stride_16"] == outs["cls_pred_stride_16"]
+    with pytest.raises(KeyError, match="no input/output named nope"):
+        set_declared_shapes(data, {"nope": [1]})
+
+
+def test_trimmed_padding_sees_the_frame_at_the_same_scale(nanodet: NanoDetDetector) -> None:
+    """Trimming the letterbox padding in 64 px steps keeps the scale and the cell grid on the same
+    pixels: the same people, nearly the same boxes, at 416x352 for a 4:3 frame."""
+    full = build_detector({"type": "nanodet", "trim_padding": False})
+    assert isinstance(full, NanoDetDetector) and full.model_version == nanodet.model_version
+    assert nanodet.input_size_for(768, 576) == (416, 352) and nanodet.input_size_for(640, 480) == (416, 352)
+    assert nanodet.input_size_for(1920, 1080) == (416, 288) and nanodet.input_size_for(480, 640) == (352, 416)
+    assert nanodet.input_size_for(416, 416) == (416, 416) and full.input_size_for(768, 576) == (416, 416)
+    frames = _frames("vtest.avi", sorted(VTEST_PEOPLE))
+    for index, expected in VTEST_PEOPLE.items():
+        found, ref = nanodet.detect(frames[index]), full.detect(frames[index])
+        people = found[found.data["class_name"] == "person"]
+        matched = [max((_iou(b, r) for b in people.xyxy), default=0.0) for r in expected]
+        assert min(matched) > 0.5 and np.median(matched) > 0.8, f"frame {index}: IoUs {np.round(matched, 2)}"
+        iou = sv.box_iou_batch(ref.xyxy, found.xyxy)
+        # a borderline box may come or go (frame 100: 9 boxes against 8)
+        assert abs(len(found) - len(ref)) <= 1 and np.median(iou.max(axis=1)) > 0.97, (len(found), len(ref))
+    full.close()
+
+
+def test_explicit_input_size_is_part_of_the_model_version(nanodet: NanoDetDetector) -> None:
+    det = build_detector({"type": "nanodet", "input_size": [320, 256], "trim_padding": False})
+    assert isinstance(det, NanoDetDetector)
+    assert det.model_version == f"{nanodet.model_version}/320x256"
+    frame = _frames("vtest.avi", [100])[100]
+    people = det.detect(frame)
+    assert len(people) >= 3 and (people.xyxy[:, 2] <= 768).all()
+    det.close()
+
+
+def test_inferences_run_concurrently_and_close_waits_for_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Camera threads share one detector: two runs overlap (no lock around run()); close() from
+    another thread lets a run in progress finish and refuses the next one."""
+    det = build_detector({"type": "nanodet"})
+    assert isinstance(det, NanoDetDetector)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    det.detect(frame)
+    active, peak, lock = [0], [0], threading.Lock()
+    real = det._sessions[(416, 352)]
+
+    class SlowSession:
+        def run(self, names, feeds):  # noqa: ANN001, ANN202 - onnxruntime's signature
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.3)
+            with lock:
+                active[0] -= 1
+            return real.run(names, feeds)
+
+    monkeypatch.setitem(det._sessions, (416, 352), SlowSession())
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(det.detect(frame))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    det.close()  # while both are running
+    for t in threads:
+        t.join(5)
+    assert peak[0] == 2 and len(results) == 2
+    with pytest.raises(RuntimeError, match="detector is closed"):
+        det.detect(frame)
+
+
 # --- decoding --------------------------------------------------------------------------------------
 def _synthetic_outputs(reg_max: int = 10) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Outputs of a 416x416 net with one confident car at stride 16, row 10, col 5."""
@@ -234,6 +323,7 @@ def test_letterbox_maps_boxes_back_to_the_frame(nanodet: NanoDetDetector, monkey
     # 768x576 -> 416x312, centred: 52 rows of padding above
     assert (box.scale_x, box.pad_x, box.pad_y) == pytest.approx((416 / 768, 0.0, 52.0))
     monkeypatch.setattr(nanodet, "infer", lambda batch: _synthetic_outputs())
+    monkeypatch.setattr(nanodet, "_trim_step", 0)  # the synthetic outputs are of a 416x416 input
     found = nanodet.detect(frame)
     assert found.data["class_name"].tolist() == ["car"]
     s = 768 / 416

@@ -44,16 +44,10 @@ from gridwatch.detectors.motion import MotionGate
 from gridwatch.devservers.rtsp import RtspServer
 from gridwatch.ingest.camera import ensure_ffmpeg_capture_options
 from gridwatch.ingest.camera_config import CameraSourceConfig
+from gridwatch.stats import percentile
 
 CLIP = Path("var/footage/vtest_640x480.h264.mp4")
 SUSTAIN = 0.95
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return round(float(s[min(len(s) - 1, int(q * len(s)))]), 1)
 
 
 def _feed(i: int, url: str, fps: float) -> dict[str, Any]:
@@ -120,8 +114,8 @@ def _run_gridwatch(n: int, fps: float, duration_s: float, server: RtspServer, tm
         "fps_min": round(min(rates), 3),
         "fps_mean": round(statistics.mean(rates), 3),
         "sustained": min(rates) >= SUSTAIN * fps,
-        "frame_latency_p50_ms": _pct(lat, 0.5),
-        "frame_latency_p99_ms": _pct(lat, 0.99),
+        "frame_latency_p50_ms": percentile(lat, 0.5, ndigits=1),
+        "frame_latency_p99_ms": percentile(lat, 0.99, ndigits=1),
         "inferences": inferences,
         "cpu_cores": round((cpu1.user - cpu0.user + cpu1.system - cpu0.system) / elapsed, 2),
     }

@@ -48,18 +48,12 @@ from gridwatch.config import GridwatchConfig, demo_config_path, load_config
 from gridwatch.console.auth import ConsoleUser, hash_password
 from gridwatch.dispatch.ledger import incident_id_for
 from gridwatch.schemas import EvidenceRef, IncidentCandidate, Location
+from gridwatch.stats import percentile
 from gridwatch.topics import INCIDENT_CANDIDATES
 
 REVIEW_CATEGORIES = ("illegal_dumping", "gathering", "road_blockage")
 """Camera matters an operator looks at before a team is sent (`review: always` in live_config)."""
 PASSWORD = "console-pw"
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(float(s[min(len(s) - 1, int(q * len(s)))]), 1)
 
 
 # --- the service, its config and its users ----------------------------------------------------------
@@ -400,8 +394,14 @@ def _run(
         watcher.close()
         producer.close()
         svc.stop()
-    b50, b99 = _pct(browser_ms, 0.5), _pct(browser_ms, 0.99)
-    s50, s99 = _pct(stream_ms, 0.5), _pct(stream_ms, 0.99)
+    b50, b99 = (
+        percentile(browser_ms, 0.5, empty=None, ndigits=1),
+        percentile(browser_ms, 0.99, empty=None, ndigits=1),
+    )
+    s50, s99 = (
+        percentile(stream_ms, 0.5, empty=None, ndigits=1),
+        percentile(stream_ms, 0.99, empty=None, ndigits=1),
+    )
     result = {
         "bench": "console",
         "db": "sqlite",
@@ -413,10 +413,10 @@ def _run(
         "queue_rows_at_end": open_now,
         "browser_p50_ms": b50,
         "browser_p99_ms": b99,
-        "browser_max_ms": _pct(browser_ms, 1.0),
+        "browser_max_ms": percentile(browser_ms, 1.0, empty=None, ndigits=1),
         "stream_p50_ms": s50,
         "stream_p99_ms": s99,
-        "stream_max_ms": _pct(stream_ms, 1.0),
+        "stream_max_ms": percentile(stream_ms, 1.0, empty=None, ndigits=1),
         "ratio_p50": round(b50 / s50, 3) if b50 and s50 else None,
         "ratio_p99": round(b99 / s99, 3) if b99 and s99 else None,
         "target_p99_ms": 2000,

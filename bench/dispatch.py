@@ -37,6 +37,7 @@ from gridwatch.dispatch.core import DispatchCore
 from gridwatch.dispatch.ledger import Ledger
 from gridwatch.dispatch.scheduler import deadline_loop, escalation_lag_ms
 from gridwatch.schemas import IncidentCandidate, Location
+from gridwatch.stats import percentile
 
 CATEGORIES = [
     "illegal_dumping",
@@ -47,13 +48,6 @@ CATEGORIES = [
     "noise",
     "bin_overflow",
 ]
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return round(float(s[min(len(s) - 1, int(q * len(s)))]), 1)
 
 
 def _candidates(city: CityModel, n: int, now_ms: int) -> list[IncidentCandidate]:
@@ -219,10 +213,10 @@ def _run(url: str, db: str, n: int, due: int, spread_s: float, console: Console)
         "escalations": len(lags),
         "due": len(rows),
         "escalation_spread_s": spread_s,
-        "escalation_lag_p50_ms": _pct(lags, 0.5),
-        "escalation_lag_p99_ms": _pct(lags, 0.99),
-        "escalation_lag_max_ms": _pct(lags, 1.0),
+        "escalation_lag_p50_ms": percentile(lags, 0.5, ndigits=1),
+        "escalation_lag_p99_ms": percentile(lags, 0.99, ndigits=1),
+        "escalation_lag_max_ms": percentile(lags, 1.0, ndigits=1),
         "target_p99_ms": 1000,
-        "pass": bool(lags) and len(lags) == len(rows) and _pct(lags, 0.99) <= 1000,
+        "pass": bool(lags) and len(lags) == len(rows) and percentile(lags, 0.99, ndigits=1) <= 1000,
     }
     return result

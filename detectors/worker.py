@@ -34,6 +34,7 @@ from gridwatch.ingest.camera import CameraEvent, CameraReader
 from gridwatch.ingest.camera import health_lines as camera_health_lines
 from gridwatch.kafka import consumer_settings, ensure_topics, make_producer
 from gridwatch.schemas import IncidentCandidate, IncidentCommandEvent, Location, VerifyRequest
+from gridwatch.stats import percentile
 from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES, INCIDENT_COMMANDS, VERIFY_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,6 @@ log = logging.getLogger(__name__)
 __all__ = ["CameraWorker"]
 
 MAX_PENDING = 10_000
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return float(s[min(len(s) - 1, int(q * len(s)))])
 
 
 class CameraWorker:
@@ -306,11 +300,11 @@ class CameraWorker:
         lat = list(self.latency_ms)
         # not `latency_*`: InfluxDB fixes a field's type per measurement, and the streams worker
         # writes its own `latency_p50_ms` into pipeline_health as an integer
-        s["candidate_latency_p50_ms"] = _pct(lat, 0.5)
-        s["candidate_latency_p99_ms"] = _pct(lat, 0.99)
+        s["candidate_latency_p50_ms"] = percentile(lat, 0.5)
+        s["candidate_latency_p99_ms"] = percentile(lat, 0.99)
         flat = list(self.frame_latency_ms)
-        s["frame_latency_p50_ms"] = _pct(flat, 0.5)
-        s["frame_latency_p99_ms"] = _pct(flat, 0.99)
+        s["frame_latency_p50_ms"] = percentile(flat, 0.5)
+        s["frame_latency_p99_ms"] = percentile(flat, 0.99)
         s["frames"] = sum(p.stats.frames for p in self.pipelines.values())
         s["inferences"] = sum(p.stats.inferences for p in self.pipelines.values())
         s["pending"] = self._pending.qsize() if self._pending is not None else 0

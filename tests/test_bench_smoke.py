@@ -87,3 +87,13 @@ def test_bench_cameras_smoke(footage):
         assert g["frame_latency_p99_ms"] >= g["frame_latency_p50_ms"] > 0
         assert row["raw"]["fps_mean"] > 0
     assert r["max_cameras_raw"] >= 1 and r["ratio"] is not None
+
+
+def test_percentile_is_nearest_rank_and_says_when_empty() -> None:
+    from gridwatch.stats import percentile
+
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile(range(1, 101), 0.99) == 100.0 and percentile(range(1, 101), 0.5) == 51.0
+    assert percentile([], 0.5) == 0.0 and percentile([], 0.5, empty=None) is None
+    assert percentile([1.234, 2.345], 1.0, ndigits=1) == 2.3
+    assert isinstance(percentile([1, 2], 0.5), float)  # InfluxDB fixes a field's type

@@ -47,6 +47,7 @@ from gridwatch.schemas import (
     TeamFeedback,
     VerifyRequest,
 )
+from gridwatch.stats import percentile
 from gridwatch.topics import (
     DEAD_LETTERS,
     INCIDENT_CANDIDATES,
@@ -60,15 +61,6 @@ from gridwatch.topics import (
 log = logging.getLogger(__name__)
 
 __all__ = ["DispatchService"]
-
-
-def _p(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return float(
-        s[min(len(s) - 1, int(q * len(s)))]
-    )  # always a float: InfluxDB refuses a field changing type
 
 
 class DispatchService:
@@ -410,8 +402,8 @@ class DispatchService:
             stats["delivery_failed_attempts"] = self.delivery.failed_attempts
             stats["deliveries_failed"] = self.delivery.failed
             lag = self.escalation_lag_ms[-5000:]
-            stats["escalation_lag_p50_ms"] = _p(lag, 0.5)
-            stats["escalation_lag_p99_ms"] = _p(lag, 0.99)
+            stats["escalation_lag_p50_ms"] = percentile(lag, 0.5)
+            stats["escalation_lag_p99_ms"] = percentile(lag, 0.99)
             stats["mqtt_connected"] = int(bool(self.link and self.link.connected))
             self.influx.write(health_lines("dispatch", self.instance, stats, now))
             await asyncio.sleep(min(5.0, self.cfg.dispatch.kpi_interval_s))

@@ -4,9 +4,10 @@ Delivery is at-least-once end to end:
   * the bridge keeps a persistent MQTT session (clean_start off, session expiry from config),
     so while it is away the broker queues QoS 1 readings for it;
   * a reading is acknowledged (PUBACK) only after Kafka has stored the record holding it:
-    gmqtt sends the PUBACK when the async `on_message` returns, and `on_message` returns
-    only when its batch's produce request is acknowledged. A crash before that makes the
-    broker redeliver; downstream is idempotent per (sensor, ts), so redeliveries are harmless.
+    each reading's MQTT packet id waits in its batch, and the bridge sends the batch's PUBACKs
+    once its produce request is acknowledged (`_take_over_qos1_acks`: no asyncio task per
+    message). A crash before that makes the broker redeliver; downstream is idempotent per
+    (sensor, ts), so redeliveries are harmless.
 
 Throughput: readings are packed up to `bridge.batch_max_readings` per Kafka record, one open
 batch per readings partition, flushed when full or after `bridge.flush_interval_ms`.
@@ -15,6 +16,7 @@ Client library: gmqtt on this hot path instead of paho-mqtt (docs/DESIGN.md: pah
 ~88 us CPU per QoS 1 message on MQTT v5 and caps one bridge at 8-10k readings/s; gmqtt
 ~18-35 us). Trap: with `optimistic_acknowledgement=False`, gmqtt acknowledges only for an
 `async def` on_message; a plain function never does and delivery stalls at the in-flight limit.
+(`_on_message` stays `async def`: it serves QoS 0 and is the fallback for QoS 1.)
 
 Bad input never stops the bridge: anything invalid goes to the dead-letter topic with its
 reason and raw bytes (and is acknowledged only once that record is stored), and is counted.
@@ -29,6 +31,7 @@ import logging
 import random
 import socket
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gmqtt import Client as MQTTClient
@@ -70,9 +73,21 @@ BRIDGE_COUNTERS = (
 )  # fmt: skip
 
 
-@dataclass
+def tune_gc() -> None:
+    """Up to mqtt.receive_maximum messages are in flight (before `_take_over_qos1_acks`, each a
+    task and a future): with the default thresholds the cyclic GC ran constantly and its full
+    passes walked them all (a third of the bridge's CPU under overload). The hot path makes no
+    cycles that need prompt collection, so collect rarely, and never the start-up objects."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+@dataclass(slots=True)
 class _OpenBatch:
     readings: list[Reading] = field(default_factory=list)
+    #: MQTT packet ids of its readings, acknowledged (PUBACK) once the record is stored
+    mids: list[int] = field(default_factory=list)
+    #: done once the record is stored (what the async `_on_message` path awaits)
     done: asyncio.Future[None] | None = None
     opened: float = 0.0
 
@@ -106,6 +121,9 @@ class SensorBridge:
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._send_locks: dict[tuple[str, int | None], asyncio.Lock] = {}  # see _send
+        self._batch_max = cfg.bridge.batch_max_readings
+        self._puback: Callable[[int], object] | None = None  # see _new_client
+        self._dead_letter_tasks: set[asyncio.Task[None]] = set()
         self.instance = f"{socket.gethostname()}:{cfg.mqtt.client_id}"
         # Counters start at zero so a healthy bridge writes them too, and the panels' increase
         # (non_negative_difference) sees the first disconnect or dead letter after a start.
@@ -114,12 +132,7 @@ class SensorBridge:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        # Up to mqtt.receive_maximum messages are in flight, each a task and a future: with
-        # the default thresholds the cyclic GC ran constantly and its full passes walked them
-        # all (a third of the bridge's CPU under overload). The hot path makes no cycles that
-        # need prompt collection, so collect rarely, and never the start-up objects.
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 100)
+        tune_gc()
         await self._start_kafka()
         self._tasks.append(asyncio.create_task(self._flusher(), name="bridge-flusher"))
         self._tasks.append(asyncio.create_task(self._health_loop(), name="bridge-health"))
@@ -175,7 +188,7 @@ class SensorBridge:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
 
-    async def _connect_mqtt(self) -> None:
+    def _new_client(self) -> MQTTClient:
         m = self.cfg.mqtt
         client = MQTTClient(
             m.client_id,
@@ -190,7 +203,35 @@ class SensorBridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.set_config({"reconnect_retries": -1, "reconnect_delay": m.reconnect_min_s})
-        self._mqtt = client
+        self._take_over_qos1_acks(client)
+        return client
+
+    def _take_over_qos1_acks(self, client: MQTTClient) -> None:
+        """Receive QoS 1 messages without a task per message; acknowledge them per record.
+
+        With `optimistic_acknowledgement=False`, gmqtt 0.8 runs the async `on_message` of each
+        QoS 1 message as a task and sends its PUBACK from the task's done-callback: a task, a
+        wake-up and two callbacks per reading, about half of the bridge's own CPU per reading
+        (docs/BENCHMARKS.md, "bridge CPU per reading"). Instead, the bridge takes the step
+        where gmqtt hands a parsed QoS 1 PUBLISH on (`_handle_qos_1_publish_packet(mid, payload,
+        topic, properties)`) and keeps each reading's packet id in its batch; when Kafka has
+        stored the record, it sends the PUBACKs with gmqtt's own `_send_puback(mid)`, the call
+        gmqtt's callback makes. Same guarantee: no PUBACK before the record (or the dead letter)
+        is stored. gmqtt is pinned (pyproject.toml); should these methods be missing, the
+        bridge keeps gmqtt's path (the async `_on_message`), correct but slower.
+        """
+        handler = getattr(client, "_package_handler", None)
+        receive = getattr(handler, "_handle_qos_1_publish_packet", None)
+        puback = getattr(handler, "_send_puback", None)
+        if handler is None or not callable(receive) or not callable(puback):
+            log.warning("bridge: gmqtt internals changed; acknowledging through on_message tasks (slower)")
+            return
+        self._puback = puback
+        handler._handle_qos_1_publish_packet = self._on_qos1_publish  # type: ignore[method-assign]
+
+    async def _connect_mqtt(self) -> None:
+        m = self.cfg.mqtt
+        client = self._mqtt = self._new_client()
         delay = m.reconnect_min_s
         while not self._stopping.is_set():
             try:
@@ -229,27 +270,47 @@ class SensorBridge:
         log.warning("bridge: MQTT connection lost; reconnecting in %.1f s", client.reconnect_delay)
 
     # --- the hot path ------------------------------------------------------------------------
+    def _on_qos1_publish(self, mid: int, payload: bytes, topic: str | bytes, properties: dict) -> None:
+        """A QoS 1 message from gmqtt (see `_take_over_qos1_acks`); its PUBACK follows its record."""
+        if topic == BROKER_DROPPED_TOPIC:
+            self._broker_dropped(payload)
+            self._send_pubacks((mid,))
+            return
+        self._ingest(topic, payload, mid)
+
     async def _on_message(
         self, client: MQTTClient, topic: str | bytes, payload: bytes, qos: int, properties: dict
     ) -> int:
-        """Returns the PUBACK reason code (0) once the reading or its dead letter is in Kafka."""
+        """gmqtt's path (QoS 0; QoS 1 only if `_take_over_qos1_acks` could not take over).
+
+        Returns the PUBACK reason code (0) once the reading or its dead letter is in Kafka.
+        """
         if topic == BROKER_DROPPED_TOPIC:
-            with contextlib.suppress(ValueError):
-                self.stats["broker_dropped_messages"] = int(payload)
+            self._broker_dropped(payload)
             return 0
+        await self._ingest(topic, payload, None)
+        return 0
+
+    def _broker_dropped(self, payload: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            self.stats["broker_dropped_messages"] = int(payload)
+
+    def _ingest(self, topic: str | bytes, payload: bytes, mid: int | None) -> asyncio.Future[None]:
+        """Validate one message and add it to its partition's open batch, or dead-letter it.
+
+        Returns what is done once Kafka has it (the batch's `done`, or the dead-letter task);
+        a packet id `mid` is acknowledged then.
+        """
         self.stats["received"] += 1
         now = self.clock.now_ms()
         try:
             reading = self.validator.check(topic, payload, now)
         except Rejected as r:
-            await self._dead_letter(topic, payload, r, now)
-            return 0
+            return self._start_dead_letter(topic, payload, r, now, mid)
         except Exception as e:  # a bug must not stop the bridge: dead-letter it, loudly
             log.exception("bridge: unexpected error validating a message")
-            await self._dead_letter(
-                topic, payload, Rejected(DeadLetterReason.SCHEMA, f"internal error: {type(e).__name__}"), now
-            )
-            return 0
+            r = Rejected(DeadLetterReason.SCHEMA, f"internal error: {type(e).__name__}")
+            return self._start_dead_letter(topic, payload, r, now, mid)
         part = self._partition_of[reading.sensor_id]
         batch = self._batches.get(part)
         if batch is None:
@@ -257,12 +318,26 @@ class SensorBridge:
                 done=asyncio.get_running_loop().create_future(), opened=self.clock.monotonic()
             )
         batch.readings.append(reading)
+        if mid is not None:
+            batch.mids.append(mid)
         done = batch.done
-        if len(batch.readings) >= self.cfg.bridge.batch_max_readings:
+        if len(batch.readings) >= self._batch_max:
             self._close_batch(part)
         assert done is not None
-        await done
-        return 0
+        return done
+
+    def _send_pubacks(self, mids: list[int] | tuple[int, ...]) -> None:
+        """PUBACK (reason code 0) each packet id, as gmqtt's publish callback does."""
+        puback = self._puback
+        assert puback is not None
+        failed = 0
+        for mid in mids:
+            try:
+                puback(mid)
+            except Exception:  # e.g. the connection object is gone: the broker redelivers
+                failed += 1
+        if failed:
+            log.warning("bridge: %d PUBACKs could not be sent (the broker will redeliver them)", failed)
 
     def _close_batch(self, part: int) -> None:
         batch = self._batches.pop(part, None)
@@ -318,6 +393,8 @@ class SensorBridge:
         self.stats["records"] += 1
         if batch.done and not batch.done.done():
             batch.done.set_result(None)
+        if batch.mids:
+            self._send_pubacks(batch.mids)
         open_batch = self._batches.get(part)
         if (
             open_batch
@@ -327,7 +404,17 @@ class SensorBridge:
         else:
             self._pump(part)
 
-    async def _dead_letter(self, topic: str | bytes, payload: bytes, r: Rejected, now: int) -> None:
+    def _start_dead_letter(
+        self, topic: str | bytes, payload: bytes, r: Rejected, now: int, mid: int | None
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._dead_letter(topic, payload, r, now, mid))
+        self._dead_letter_tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._dead_letter_tasks.discard)
+        return task
+
+    async def _dead_letter(
+        self, topic: str | bytes, payload: bytes, r: Rejected, now: int, mid: int | None = None
+    ) -> None:
         origin = topic if isinstance(topic, str) else topic.decode("utf-8", "replace")
         reason, raw = r.reason, payload
         if len(raw) > DEAD_LETTER_MAX_RAW_BYTES:
@@ -339,6 +426,8 @@ class SensorBridge:
         await self._send(DEAD_LETTERS.name, encode_event(dl))
         self.stats["dead_letters"] += 1
         self.dead_letter_reasons[str(r.code)] += 1
+        if mid is not None:
+            self._send_pubacks((mid,))
 
     async def _flusher(self) -> None:
         interval = self.cfg.bridge.flush_interval_ms / 1000

@@ -71,6 +71,12 @@ class CameraPipeline:
         self.last_detections = sv.Detections.empty()
         self.stats = PipelineStats()
 
+    def set_detector(self, detector: Detector) -> None:
+        """Swap the detector between two frames (a promoted model): tracker, zones and rule state
+        stay, so an object already tracked keeps its episode and raises no second incident."""
+        self.detector = detector
+        self.rules.set_model_version(detector.model_version)
+
     def reset(self) -> None:
         """After a camera reconnect: the picture may have changed while it was away."""
         self.gate.reset()

@@ -600,6 +600,11 @@ class CameraRules:
         needs_bg = any(isinstance(z, NoDumpingZone) for z in cam.zones)
         self.background = DualBackground(cfg.background) if needs_bg else None
 
+    def set_model_version(self, model_version: str | None) -> None:
+        """A new detector took over (hot swap): later candidates name it; episodes carry on."""
+        for rule in self.rules:
+            rule.model_version = model_version
+
     def zone_occupied(self, zone_id: str) -> bool:
         """Whether the rule of `zone_id` still sees the episode it raised (KeyError: no such zone)."""
         for g, rule in zip(self.geometries, self.rules, strict=True):

@@ -33,6 +33,7 @@ from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.ingest.camera import CameraEvent, CameraReader
 from gridwatch.ingest.camera import health_lines as camera_health_lines
 from gridwatch.kafka import consumer_settings, ensure_topics, make_producer
+from gridwatch.model_registry import read_deployed
 from gridwatch.schemas import IncidentCandidate, IncidentCommandEvent, Location, VerifyRequest
 from gridwatch.stats import percentile
 from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES, INCIDENT_COMMANDS, VERIFY_REQUESTS
@@ -59,9 +60,14 @@ class CameraWorker:
         self.instance = instance
         cams = cfg.cameras
         needs_detector = any(f.detect for f in cams.feeds)
-        self.detector = (
-            detector if detector is not None else (build_detector(cams.detector) if needs_detector else None)
-        )
+        #: the registry version now running (follow_registry), and one that failed to load
+        self.deployed_version: int | None = None
+        self._failed_version: int | None = None
+        if detector is None and needs_detector:
+            deployed = read_deployed(cfg.models.registry_dir, "detector") if cams.follow_registry else None
+            detector = build_detector(self._detector_config(deployed.path) if deployed else cams.detector)
+            self.deployed_version = deployed.version if deployed else None
+        self.detector = detector
         self.inference = threading.Semaphore(cams.inference_slots or os.cpu_count() or 1)
         self.evidence = EvidenceStore(cams.evidence)
         self.kafka = kafka
@@ -84,6 +90,8 @@ class CameraWorker:
             "candidates_dropped": 0,
             "events": 0,
             "errors": 0,
+            "model_swaps": 0,
+            "model_swap_errors": 0,
         }
         for feed in cams.feeds:
             self._add(feed)
@@ -100,6 +108,48 @@ class CameraWorker:
             location=loc,
             inference=self.inference,
         )
+
+    # --- the model registry (hot swap) ---------------------------------------------------------
+    def _detector_config(self, model_dir: Any) -> Any:
+        det = self.cfg.cameras.detector
+        if "model_dir" not in type(det).model_fields:
+            raise ValueError(f"cameras.follow_registry: detector type {det.type!r} has no model_dir to swap")
+        return det.model_copy(update={"model_dir": model_dir})
+
+    def swap_detector(self, new: Detector, version: int | None = None) -> Detector | None:
+        """Every camera analyses its next frame with `new`; returns the old detector (the caller
+        closes it: an inference still running on it finishes first)."""
+        old = self.detector
+        for feed in self.cfg.cameras.feeds:
+            if feed.detect:
+                self.pipelines[feed.source.id].set_detector(new)
+        self.detector = new
+        self.deployed_version = version
+        self.counters["model_swaps"] += 1
+        log.info("cameras: detector now %s (registry version %s)", new.model_version, version)
+        return old
+
+    async def _follow_registry(self, stop: asyncio.Event) -> None:
+        """Poll the registry's production pointer; load a new version beside the running one, then
+        swap between frames (no restart, no frame lost beyond the swap, rule state kept)."""
+        cams = self.cfg.cameras
+        while not stop.is_set():
+            await asyncio.sleep(cams.registry_poll_s)
+            d = read_deployed(self.cfg.models.registry_dir, "detector")
+            if d is None or d.version in (self.deployed_version, self._failed_version):
+                continue
+            try:
+                new = await asyncio.to_thread(build_detector, self._detector_config(d.path))
+            except Exception:  # a broken model must not stop the cameras: keep the running one
+                self.counters["model_swap_errors"] += 1
+                self._failed_version = d.version
+                log.exception("cameras: registry detector v%s did not load; keeping %s", d.version,
+                              self.detector.model_version if self.detector else "none")  # fmt: skip
+                continue
+            old = self.swap_detector(new, d.version)
+            if old is not None:
+                await asyncio.sleep(1.0)  # let an inference that started on it finish
+                old.close()
 
     # --- threads (one per camera) ------------------------------------------------------------
     def _camera_loop(self, cid: str) -> None:
@@ -257,6 +307,8 @@ class CameraWorker:
         log.info("cameras: ready (%d cameras, detector %s)", len(self.readers),
                  self.detector.model_version if self.detector else "none")  # fmt: skip
         tasks = [asyncio.create_task(self._health(stop))]
+        if self.cfg.cameras.follow_registry and self.detector is not None:
+            tasks.append(asyncio.create_task(self._follow_registry(stop)))
         if producer is not None:
             tasks.append(asyncio.create_task(self._send(producer, stop)))
             tasks.append(asyncio.create_task(self._verify_requests(stop)))
@@ -308,6 +360,8 @@ class CameraWorker:
         s["frames"] = sum(p.stats.frames for p in self.pipelines.values())
         s["inferences"] = sum(p.stats.inferences for p in self.pipelines.values())
         s["pending"] = self._pending.qsize() if self._pending is not None else 0
+        # which model made the candidates of this interval (a string field: InfluxDB keeps its type)
+        s["model_version"] = self.detector.model_version if self.detector is not None else ""
         return s
 
     async def _health(self, stop: asyncio.Event) -> None:

@@ -683,6 +683,16 @@ class CamerasConfig(_Model):
         description="How many frames may be in the detector at once across cameras (0: the number of cores).",
     )
     health_interval_s: float = Field(5, gt=0, title="Health interval", description="Camera health period.")
+    follow_registry: bool = Field(
+        False,
+        title="Follow the model registry",
+        description="Run the detector the registry's `production` alias points at (`models.registry_dir`, "
+        "docs/MODELS.md) instead of `detector.model_dir`, and switch to a newly promoted or rolled-back "
+        "version without a restart.",
+    )
+    registry_poll_s: float = Field(
+        5, gt=0, title="Registry poll", description="How often the registry's production pointer is read."
+    )
     feeds: list[CameraConfig] = Field(default_factory=list, title="Cameras", description="The cameras.")
 
     @model_validator(mode="after")

@@ -130,3 +130,85 @@ def test_footage_to_candidates_health_and_down_event(
         if stop:
             loop.call_soon_threadsafe(stop[0].set)
         t.join(30)
+
+
+def test_a_promoted_detector_reaches_a_running_worker_without_restart(
+    rtsp_server, footage, influxdb, influx_v2, tmp_path
+):
+    """Issue 8 part 7: promotion and rollback in the registry reach the running camera worker;
+    frames keep being analysed, the episode already raised is not raised again, and candidates name
+    the model that made them."""
+    import shutil
+
+    import yaml
+
+    from gridwatch.model_registry import ModelRegistry
+
+    bundled = Path(__file__).resolve().parents[1] / "models" / "nanodet-g-416"
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.promote("detector", reg.register(bundled, kind="detector").version)
+    tuned = tmp_path / "tuned"
+    shutil.copytree(bundled, tuned)  # same weights, another name: a distinct model version string
+    manifest = yaml.safe_load((tuned / "model.yaml").read_text(encoding="utf-8"))
+    manifest["name"] = "nanodet-g-416-tuned"
+    (tuned / "model.yaml").write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
+    v2 = reg.register(tuned, kind="detector", parent="1")
+
+    server = rtsp_server({"/cam1": footage["vtest.h264.mp4"]})
+    influxdb.create_database("cameras_e2e")
+    grid = demo_city().grids()[7].id
+    cfg = camera_cfg(server.url("/cam1"), grid, tmp_path, "127.0.0.1:9", influx_v2.url)
+    cfg = cfg.model_copy(
+        update={
+            "cameras": cfg.cameras.model_copy(update={"follow_registry": True, "registry_poll_s": 0.3}),
+            "models": cfg.models.model_copy(update={"registry_dir": reg.root}),
+        }
+    )
+    worker = CameraWorker(cfg, kafka=False)
+    assert worker.deployed_version == 1 and worker.detector.model_version.startswith("nanodet-g-416@")
+    loop = asyncio.new_event_loop()
+    stop: list[asyncio.Event] = []
+
+    def run() -> None:
+        async def main() -> None:
+            stop.append(asyncio.Event())
+            await worker.run(stop[0])
+
+        loop.run_until_complete(main())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    pipe = worker.pipelines["cam-vtest"]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not worker.candidates:
+            time.sleep(0.5)
+        assert worker.candidates, f"no candidate in 60 s: {worker.stats()}"
+        first = worker.candidates[0]
+        assert first.model_version.startswith("nanodet-g-416@")
+        before = pipe.stats.inferences
+
+        reg.promote("detector", v2.version, by="test")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and worker.deployed_version != v2.version:
+            time.sleep(0.2)
+        assert worker.deployed_version == v2.version and worker.counters["model_swaps"] == 1
+        assert pipe.detector is worker.detector and pipe.detector.model_version.startswith(
+            "nanodet-g-416-tuned@"
+        )
+        assert worker.stats()["model_version"].startswith("nanodet-g-416-tuned@")
+        time.sleep(4)
+        # frames kept being analysed by the new model, and the crowd still there raised nothing new
+        assert pipe.stats.inferences >= before + 4, worker.stats()
+        assert {c.candidate_id for c in worker.candidates} == {first.candidate_id}
+
+        reg.rollback("detector", reason="test")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and worker.deployed_version != 1:
+            time.sleep(0.2)
+        assert worker.deployed_version == 1 and pipe.detector.model_version.startswith("nanodet-g-416@")
+        assert worker.counters["model_swap_errors"] == 0 and worker.counters["errors"] == 0
+    finally:
+        if stop:
+            loop.call_soon_threadsafe(stop[0].set)
+        t.join(30)

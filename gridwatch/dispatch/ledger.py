@@ -187,7 +187,11 @@ class Ledger:
         # up, the writers: on SQLite they get their own engine with deferred transactions. Measured
         # with the console at 10,000 open incidents: every read took SQLite's write lock and a
         # candidate waited behind the board's queries (p99 candidate -> browser 3-4 s).
-        self.read_engine = self.engine if self.is_postgres else make_engine(url, password, writer=False)
+        # (An in-memory SQLite database exists once per connection pool: it keeps one engine.)
+        in_memory = self.engine.url.database in (None, "", ":memory:")
+        self.read_engine = (
+            self.engine if self.is_postgres or in_memory else make_engine(url, password, writer=False)
+        )
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def close(self) -> None:

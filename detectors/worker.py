@@ -65,7 +65,9 @@ class CameraWorker:
         self._failed_version: int | None = None
         if detector is None and needs_detector:
             deployed = read_deployed(cfg.models.registry_dir, "detector") if cams.follow_registry else None
-            detector = build_detector(self._detector_config(deployed.path) if deployed else cams.detector)
+            detector = self._build_detector(
+                self._detector_config(deployed.path) if deployed else cams.detector
+            )
             self.deployed_version = deployed.version if deployed else None
         self.detector = detector
         self.inference = threading.Semaphore(cams.inference_slots or os.cpu_count() or 1)
@@ -110,6 +112,20 @@ class CameraWorker:
         )
 
     # --- the model registry (hot swap) ---------------------------------------------------------
+    def _build_detector(self, det_cfg: Any) -> Detector:
+        """The detector, followed by the false-alarm verifier when `cameras.verifier` names one (it
+        drops look-alikes before tracking, so they never get a track nor feed a rule)."""
+        v = self.cfg.cameras.verifier
+        if v.model_dir is None:
+            return build_detector(det_cfg)
+        from gridwatch.detectors.base import parse_detector_config
+        from gridwatch.detectors.verifier import VerifiedDetector
+
+        cfg = parse_detector_config(det_cfg, where="cameras.detector")
+        if cfg.type != "nanodet":
+            raise ValueError(f"cameras.verifier: needs the nanodet detector's features, not {cfg.type!r}")
+        return VerifiedDetector(cfg, v.model_dir, min_score=v.min_score, drop=v.drop)  # type: ignore[arg-type]
+
     def _detector_config(self, model_dir: Any) -> Any:
         det = self.cfg.cameras.detector
         if "model_dir" not in type(det).model_fields:
@@ -139,7 +155,7 @@ class CameraWorker:
             if d is None or d.version in (self.deployed_version, self._failed_version):
                 continue
             try:
-                new = await asyncio.to_thread(build_detector, self._detector_config(d.path))
+                new = await asyncio.to_thread(self._build_detector, self._detector_config(d.path))
             except Exception:  # a broken model must not stop the cameras: keep the running one
                 self.counters["model_swap_errors"] += 1
                 self._failed_version = d.version
@@ -362,6 +378,7 @@ class CameraWorker:
         s["pending"] = self._pending.qsize() if self._pending is not None else 0
         # which model made the candidates of this interval (a string field: InfluxDB keeps its type)
         s["model_version"] = self.detector.model_version if self.detector is not None else ""
+        s["verifier_dropped"] = int(getattr(self.detector, "dropped", 0))
         return s
 
     async def _health(self, stop: asyncio.Event) -> None:

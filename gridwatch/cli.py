@@ -519,6 +519,70 @@ def models_rollback(
     print(json.dumps({"kind": kind, "alias": alias, "version": d.version, "sha256": d.sha256}))  # type: ignore[attr-defined]
 
 
+train_app = typer.Typer(
+    help="Training on this machine's CPU: the false-alarm verifier (docs/TRAINING.md).", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("verifier")
+def train_verifier_cli(
+    dataset: Path = typer.Option(..., "--dataset", help="A dataset version, e.g. var/datasets/city/v3."),
+    out: Path = typer.Option(..., "--out", help="The model directory to write (absent or empty)."),
+    seed: int = typer.Option(0, help="Seed of the fold assignment (same data and seed: same model.onnx)."),
+    detector: Path | None = typer.Option(
+        None, help="Detector model directory whose features it uses (default: the bundled NanoDet-g 416)."
+    ),
+    eval_sets: list[Path] | None = typer.Option(
+        None, "--eval", help="A held-out dataset version to report figures on (repeatable)."
+    ),
+    register: bool = typer.Option(
+        False, help="Register OUT as a new `verifier` version (models.registry_dir)."
+    ),
+    parent: str | None = typer.Option(None, help="The verifier version it was trained to replace (lineage)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Train the false-alarm verifier on a dataset version (docs/TRAINING.md); JSON summary last."""
+    from gridwatch.train.cli import train_verifier_cmd
+
+    registry_dir = _load(config).models.registry_dir if register else None
+    _dataset_errors(
+        lambda: _registry_errors(
+            lambda: train_verifier_cmd(
+                dataset,
+                out,
+                seed=seed,
+                detector=detector,
+                eval_datasets=eval_sets or [],
+                register=register,
+                registry_dir=registry_dir,
+                parent=parent,
+                console=console,
+            )  # fmt: skip
+        )
+    )
+
+
+@train_app.command("footage-dataset")
+def train_footage_dataset_cli(
+    video: Path = typer.Argument(..., help="A static camera's video (e.g. var/footage/vtest.h264.mp4)."),
+    to: Path = typer.Option(..., "--to", help="The datasets root; the version goes to ROOT/NAME/v<N>."),
+    name: str = typer.Option(..., "--name", help="The dataset's name."),
+    start: float = typer.Option(0.0, help="First second used."),
+    end: float | None = typer.Option(None, help="Seconds after this are not used (default: the end)."),
+    every: float = typer.Option(1.0, help="One frame every this many seconds."),
+    window: float = typer.Option(30.0, help="Seconds of video in each empty-scene median."),
+) -> None:
+    """A labelled dataset version from static-camera footage (background-model labels, docs/TRAINING.md)."""
+    from gridwatch.train.cli import train_footage_dataset
+
+    _dataset_errors(
+        lambda: train_footage_dataset(
+            video, to, name, start_s=start, end_s=end, every_s=every, window_s=window, console=console
+        )
+    )
+
+
 @report_app.command("monthly")
 def report_monthly(
     month: str = typer.Option(..., help="The month, YYYY-MM (the centre's time zone)."),

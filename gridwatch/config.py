@@ -659,6 +659,28 @@ class CameraConfig(_Model):
         return self
 
 
+class VerifierConfig(_Model):
+    """The false-alarm verifier (docs/TRAINING.md): a second stage on the detector's own features."""
+
+    model_dir: Path | None = Field(
+        None,
+        title="Verifier directory",
+        description="A verifier model directory made by `gridwatch train verifier` for the detector in use "
+        "(refused if trained on another detector); null: no verifier. Relative to the config file.",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        title="Minimum score",
+        description="Detections scoring below are dropped before tracking; default: the trained threshold "
+        "(chosen to keep 99 % of real detections).",
+    )
+    drop: bool = Field(
+        True, title="Drop", description="false: only score detections (data['verifier_score']), drop nothing."
+    )
+
+
 class CamerasConfig(_Model):
     detector: _DetectorUnion = Field(  # type: ignore[valid-type]
         default_factory=lambda: _NanoDetConfig(),
@@ -683,6 +705,11 @@ class CamerasConfig(_Model):
         description="How many frames may be in the detector at once across cameras (0: the number of cores).",
     )
     health_interval_s: float = Field(5, gt=0, title="Health interval", description="Camera health period.")
+    verifier: VerifierConfig = Field(
+        default_factory=VerifierConfig,
+        title="False-alarm verifier",
+        description="Second stage after the detector (docs/TRAINING.md); off unless model_dir is set.",
+    )
     follow_registry: bool = Field(
         False,
         title="Follow the model registry",
@@ -925,9 +952,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         ev = cams.get("evidence")
         if isinstance(ev, dict) and isinstance(ev.get("directory"), str):
             ev["directory"] = str(_resolve(ev["directory"], base))
-        det = cams.get("detector")
-        if isinstance(det, dict) and isinstance(det.get("model_dir"), str):
-            det["model_dir"] = str(_resolve(det["model_dir"], base))
+        for key in ("detector", "verifier"):
+            sec = cams.get(key)
+            if isinstance(sec, dict) and isinstance(sec.get("model_dir"), str):
+                sec["model_dir"] = str(_resolve(sec["model_dir"], base))
     for section, key in (("influx", "spill_dir"), ("streams", "data_dir"), ("models", "registry_dir")):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):

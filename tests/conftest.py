@@ -249,10 +249,16 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty ledger database: embedded SQLite, and the real PostgreSQL started above."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
     server = request.getfixturevalue("postgres")
     server.reset_database()
-    return server.url
+    yield server.url
+    # ledgers the test did not close hold pooled connections until they are collected: collect
+    # them now, so a long suite never runs the server out of connections
+    import gc
+
+    gc.collect()

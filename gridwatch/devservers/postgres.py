@@ -85,7 +85,9 @@ class PostgresServer(DevServer):
                 "-p", str(self.port),
                 "-k", str(self.datadir),  # unix socket inside the data dir, not /var/run
                 "-c", "fsync=on",
-                "-c", "max_connections=100",
+                # tests open a ledger (a connection pool) per test; a test that drops its ledger
+                # without closing it holds connections until garbage collection
+                "-c", "max_connections=300",
                 "-c", "logging_collector=off",
             ]
         )  # fmt: skip
@@ -117,7 +119,11 @@ class PostgresServer(DevServer):
             f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)',
             f'CREATE DATABASE "{self.database}"',
         ):
-            subprocess.run(
+            r = subprocess.run(
                 [str(self.bindir / "psql"), "-h", self.host, "-p", str(self.port), "-U", self.user, "-qc", sql, "postgres"],
-                check=True, capture_output=True, timeout=30,
+                capture_output=True, text=True, timeout=30,
             )  # fmt: skip
+            if r.returncode != 0:
+                raise RuntimeError(
+                    f"postgres reset: {sql!r} failed ({r.returncode}): {r.stderr.strip()[:500]}"
+                )

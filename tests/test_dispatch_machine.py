@@ -215,8 +215,10 @@ class IncidentMachine(RuleBasedStateMachine):
         inc = self.inc
         if inc.state is State.PENDING_REVIEW:
             assert inc.chain == () and pending_deadline(inc) is None  # no team sees it, no clock runs
-        else:
+        if inc.chain:
             assert inc.node_id == inc.chain[-1]
+        else:  # never dispatched: still in review, or dismissed / merged there
+            assert inc.state in (State.PENDING_REVIEW, State.FALSE_ALARM, State.MERGED)
         assert inc.level == demo_city().level_of(inc.node_id)
         if inc.state in TERMINAL_STATES:
             assert pending_deadline(inc) is None and inc.closed_at is not None

@@ -101,6 +101,16 @@ class PostgresServer(DevServer):
             return False
         r = subprocess.run(
             [str(self.bindir / "psql"), "-h", self.host, "-p", str(self.port), "-U", self.user, "-tAc",
+             "SHOW data_directory", "postgres"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if r.returncode != 0:
+            return False
+        if Path(r.stdout.strip()).resolve() != Path(self.datadir).resolve():
+            # another test session's server won the race for this port: ours cannot be ready
+            raise RuntimeError(f"port {self.port} answers with another server ({r.stdout.strip()})")
+        r = subprocess.run(
+            [str(self.bindir / "psql"), "-h", self.host, "-p", str(self.port), "-U", self.user, "-tAc",
              f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'", "postgres"],
             capture_output=True, text=True, timeout=10,
         )  # fmt: skip

@@ -156,3 +156,178 @@ def test_derived_lines_of_unconfirmed_records_survive_a_crash():
     # a confirmed record leaves the state (the changelog stays small)
     ps.confirm(41)
     assert b"rule_firing" not in ps.to_bytes()
+
+
+# --- the fast path against the plain reference ------------------------------------------------
+
+
+def _mixed_registry():
+    """The demo's sensors (threshold above + rate + silence) plus a few with a `below` rule."""
+    import dataclasses
+
+    from gridwatch.config import RulesConfig, ThresholdRule
+
+    reg = dict(list(REG.items())[:12])
+    for i, info in enumerate(list(REG.values())[12:16]):
+        th = ThresholdRule(above=2.5, clear_below=2.2, below=0.5, clear_above=0.8)
+        reg[info.id] = dataclasses.replace(info, rules=RulesConfig(threshold=th, rate=info.rules.rate))
+        assert i < 4
+    return reg
+
+
+def _random_feed(reg, rnd, n_readings=6000):
+    """Batches and ticks: noise around each sensor's limits, spikes, drops, silences, redeliveries,
+    readings out of order and late for closed windows, unknown sensors, int values."""
+    sids = list(reg)
+    last = dict.fromkeys(sids, T0)
+    steps: list[tuple[str, object]] = []
+    now = T0
+    made = 0
+    while made < n_readings:
+        if rnd.random() < 0.15:
+            now += rnd.choice([5_000, 60_000, 200_000, 700_000])
+            steps.append(("tick", now))
+            continue
+        batch = []
+        for _ in range(rnd.randint(1, 60)):
+            sid = rnd.choice(sids)
+            if rnd.random() < 0.3 and sid in (sids[0], sids[1]):
+                continue  # these two go silent now and then
+            kind = rnd.random()
+            if kind < 0.05:  # out of order / redelivered
+                ts = last[sid] - rnd.choice([0, 1_000, 60_000, 650_000])
+            else:
+                ts = last[sid] + rnd.choice([1, 5_000, 60_000, 61_000, 600_000, 1_300_000])
+                last[sid] = ts
+            value = rnd.choice(
+                [rnd.uniform(0.0, 3.5), rnd.uniform(-1, 200), 2.6, 2.1, 0.4, 0.9, 16.0, 4.0, 1.0, 0.0, -0.0]
+            )
+            if rnd.random() < 0.05:
+                value = int(value)
+            batch.append(Reading(sid, ts, value, max(now, ts) + rnd.randint(0, 500)))
+            made += 1
+        if rnd.random() < 0.05:
+            batch.append(Reading("no-such-sensor", now, 1.0, now))
+        steps.append(("batch", batch))
+        now = max(now, max((r.ts for r in batch), default=now))
+    return steps
+
+
+def _outcome(res):
+    return (
+        res.lines,
+        res.derived,
+        [c.model_dump() for c in res.candidates],
+        (res.firings, res.duplicates, res.late, res.unknown),
+    )
+
+
+def test_fast_apply_batch_matches_the_reference_on_random_feeds():
+    import random
+
+    import orjson
+
+    reg = _mixed_registry()
+    totals = {"candidates": 0, "late": 0, "duplicates": 0, "unknown": 0, "windows": 0}
+    for seed in range(4):
+        rnd = random.Random(seed)
+        fast, ref = PartitionState(reg, 600, 30), PartitionState(reg, 600, 30)
+        fast.watch(list(reg), T0)
+        ref.watch(list(reg), T0)
+        for i, (kind, arg) in enumerate(_random_feed(reg, rnd)):
+            if kind == "tick":
+                a, b = fast.tick(arg), ref.tick(arg)
+            else:
+                a = fast.apply_batch(arg, raised_at=T0 + i)
+                b = ref.apply_batch_reference(arg, raised_at=T0 + i)
+            assert _outcome(a) == _outcome(b), (seed, i)
+            fast.hold(i, a.derived)
+            ref.hold(i, b.derived)
+            if i % 3 == 0:
+                fast.confirm(i - 3)
+                ref.confirm(i - 3)
+            assert fast.to_bytes() == ref.to_bytes(), (seed, i)
+            if i % 100 == 0:  # to_bytes spells SensorState.to_list out inline: they agree
+                saved = orjson.loads(fast.to_bytes())["sensors"]
+                assert saved == {k: list(s.to_list()) for k, s in fast.sensors.items()}
+            if i % 50 == 49:  # a restart: both continue from the restored state
+                raw = fast.to_bytes()
+                fast, ref = PartitionState(reg, 600, 30), PartitionState(reg, 600, 30)
+                fast.load_bytes(raw)
+                ref.load_bytes(raw)
+                assert fast.take_restored() == ref.take_restored()
+                assert fast.to_bytes() == raw
+            totals["candidates"] += len(a.candidates)
+            totals["late"] += a.late
+            totals["duplicates"] += a.duplicates
+            totals["unknown"] += a.unknown
+            totals["windows"] += sum(ln.startswith("sensor_window") for ln in a.lines)
+    # the feed exercised every branch worth comparing
+    assert all(v > 10 for v in totals.values()), totals
+
+
+def _reference_batch_from(readings):
+    """codec._batch_from's checks before the fast path (the specification)."""
+    from gridwatch.codec import DecodeError
+
+    out = []
+    for i, r in enumerate(readings):
+        if not (
+            isinstance(r, list)
+            and len(r) == 4
+            and isinstance(r[0], str)
+            and isinstance(r[1], int)
+            and isinstance(r[2], int | float)
+            and isinstance(r[3], int)
+        ):
+            raise DecodeError(
+                f"sensor_reading_batch: readings[{i}]: expected [sensor_id, ts, value, received]"
+            )
+        out.append(Reading(r[0], r[1], float(r[2]), r[3]))
+    return out
+
+
+def test_decode_fast_path_matches_the_checks():
+    import json
+    import math
+
+    import orjson
+
+    from gridwatch.codec import DecodeError, decode_readings_record, encode_reading_batch
+
+    good = [
+        ["s", 1, 2.5, 3],
+        ["s", 1, 2, 3],
+        ["s", True, 2.0, False],
+        ["s", 1, False, 3],
+        ["s", 10**30, -0.0, 1],
+    ]
+    bad = [
+        ["s", 1, 2.5],
+        ["s", 1.0, 2.5, 3],
+        [1, 1, 2.5, 3],
+        ["s", 1, "2", 3],
+        ["s", 1, None, 3],
+        {"a": 1},
+        "x",
+    ]
+    for case in [[g] for g in good] + [good] + [good + [b] for b in bad] + [[b] for b in bad]:
+        raw = json.dumps({"schema": "sensor_reading_batch", "v": 1, "readings": case}).encode()
+        try:
+            want = _reference_batch_from(orjson.loads(raw)["readings"])
+        except DecodeError as e:
+            try:
+                decode_readings_record(raw)
+            except DecodeError as got:
+                assert str(got) == str(e)
+            else:
+                raise AssertionError(f"accepted {case!r}") from None
+            continue
+        got = decode_readings_record(raw)
+        assert got == want and all(type(r) is Reading and type(r.value) is float for r in got)
+        assert all(
+            math.copysign(1, a.value) == math.copysign(1, b.value) for a, b in zip(got, want, strict=True)
+        )
+    # the wire format is unchanged: what the bridge encodes decodes to the same readings
+    rs = [Reading("bench-00001", 1_764_000_000_000 + i, i * 0.125, 1_764_000_000_003 + i) for i in range(50)]
+    assert decode_readings_record(encode_reading_batch(rs)) == rs

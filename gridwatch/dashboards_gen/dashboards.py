@@ -183,7 +183,9 @@ MONTH = "\"period\" = 'month' AND \"scope\" = 'district' AND \"category\" = 'all
 SENSOR_FILTER = '"type" =~ /^$type$/ AND "grid" =~ /^$grid$/ AND "sensor_id" =~ /^$sensor$/'
 
 # --- ledger SQL fragments ----------------------------------------------------------------------
-OPEN_SQL = "state NOT IN ('closed', 'false_alarm')"  # as kpi.py: resolved-but-unverified is still open
+OPEN_SQL = (
+    "state NOT IN ('closed', 'false_alarm', 'merged')"  # as kpi.py: resolved-but-unverified is still open
+)
 NOW_MS = "(extract(epoch FROM now()) * 1000)::bigint"
 SEVERITY_RANK = "CASE severity WHEN 'critical' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 ELSE 1 END"
 

@@ -368,7 +368,7 @@ def build_api(
                     return None
                 row = s.get(IncidentRow, src.incident_id)
                 assert row is not None
-                closed = row.state in ("closed", "false_alarm")
+                closed = row.state in ("closed", "false_alarm", "merged")
                 return {
                     "service_request_id": request_id,
                     "status": "closed" if closed else "open",

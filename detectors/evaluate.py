@@ -38,7 +38,7 @@ from rich.table import Table
 from shapely.geometry import Polygon
 
 from gridwatch.detectors.background import BackgroundConfig
-from gridwatch.detectors.base import Detector, build_detector
+from gridwatch.detectors.base import Detector
 from gridwatch.detectors.pipeline import CameraPipeline
 from gridwatch.detectors.scene_rules import CameraRulesConfig
 from gridwatch.detectors.tracking import TrackerConfig
@@ -589,7 +589,11 @@ def run_eval(
                 TruthEvent(c.sidecar.video, e.category, e.zone, e.start_s, e.end_s, dwell[e.zone], e.note)
             )
     own = detector is None
-    det = build_detector(cfg.cameras.detector) if detector is None else detector
+    if detector is None:
+        from gridwatch.detectors.verifier import build_camera_detector
+
+        detector = build_camera_detector(cfg.cameras)  # what the cameras run, verifier included
+    det = detector
     out = None
     runs: list[ClipRun] = []
     columns = (

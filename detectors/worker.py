@@ -25,7 +25,7 @@ from typing import Any
 from gridwatch.clock import SYSTEM_CLOCK, Clock
 from gridwatch.codec import decode_event, encode_event
 from gridwatch.config import CameraConfig, GridwatchConfig
-from gridwatch.detectors.base import Detector, build_detector
+from gridwatch.detectors.base import Detector
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.pipeline import CameraPipeline
 from gridwatch.detectors.verification import ZoneVerification
@@ -115,16 +115,9 @@ class CameraWorker:
     def _build_detector(self, det_cfg: Any) -> Detector:
         """The detector, followed by the false-alarm verifier when `cameras.verifier` names one (it
         drops look-alikes before tracking, so they never get a track nor feed a rule)."""
-        v = self.cfg.cameras.verifier
-        if v.model_dir is None:
-            return build_detector(det_cfg)
-        from gridwatch.detectors.base import parse_detector_config
-        from gridwatch.detectors.verifier import VerifiedDetector
+        from gridwatch.detectors.verifier import build_camera_detector
 
-        cfg = parse_detector_config(det_cfg, where="cameras.detector")
-        if cfg.type != "nanodet":
-            raise ValueError(f"cameras.verifier: needs the nanodet detector's features, not {cfg.type!r}")
-        return VerifiedDetector(cfg, v.model_dir, min_score=v.min_score, drop=v.drop)  # type: ignore[arg-type]
+        return build_camera_detector(self.cfg.cameras, det_cfg)
 
     def _detector_config(self, model_dir: Any) -> Any:
         det = self.cfg.cameras.detector

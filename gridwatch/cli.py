@@ -263,9 +263,15 @@ def eval_detectors(
     predictions: Path | None = typer.Option(
         None, "--predictions", help="Write every candidate as a JSON line."
     ),
+    verifier: Path | None = typer.Option(
+        None, "--verifier", help="A false-alarm verifier directory (overrides cameras.verifier.model_dir)."
+    ),
 ) -> None:
     """Run labelled clips through the camera pipeline and score the candidates (JSON last line)."""
     cfg = _load(config)
+    if verifier is not None:
+        v = cfg.cameras.verifier.model_copy(update={"model_dir": verifier})
+        cfg = cfg.model_copy(update={"cameras": cfg.cameras.model_copy(update={"verifier": v})})
     from gridwatch.detectors.evaluate import EvalError, run_eval
 
     try:

@@ -31,9 +31,10 @@ from rich.table import Table
 
 from gridwatch.city import CityModel
 from gridwatch.codec import DecodeError, decode_event
-from gridwatch.config import SensorConfig, demo_config_path, load_config
+from gridwatch.config import SensorConfig, _deep_merge, demo_config_path, load_config
 from gridwatch.demo_cameras import demo_camera_overrides, footage_missing, start_demo_cameras
 from gridwatch.demo_dispatch import DemoTeams, demo_dispatch_overrides, dispatch_summary, ledger_incidents
+from gridwatch.demo_loop import demo_loop_overrides, register_bundled_production, run_loop
 from gridwatch.devservers.stack import DevStack
 from gridwatch.localrun import LocalPipeline, read_topic
 from gridwatch.schemas import DeadLetter, IncidentCandidate
@@ -206,7 +207,9 @@ def _dead_letters(pipe: LocalPipeline) -> list[DeadLetter]:
     return _events(pipe, DEAD_LETTERS.name, DeadLetter)
 
 
-def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, console: Console) -> int:
+def run_demo(
+    *, workdir: Path, history_hours: float, live_s: float, keep: bool, console: Console, loop: bool = True
+) -> int:
     workdir = Path(workdir).resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -232,7 +235,11 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
             if rtsp is not None:
                 city_model = CityModel.load(base.city.geojson)
                 overrides |= demo_camera_overrides(rtsp, city_model, workdir / "evidence")
+                if loop:
+                    overrides = _deep_merge(overrides, demo_loop_overrides(workdir))
             pipe = LocalPipeline(stack, workdir, overrides=overrides)
+            if rtsp is not None and loop:
+                register_bundled_production(pipe.cfg.models.registry_dir)
             pipe.start_bridge()
             pipe.start_streams()
             pipe.start_dispatch()
@@ -320,6 +327,12 @@ def run_demo(*, workdir: Path, history_hours: float, live_s: float, keep: bool, 
             )
             code = 1
         teams.close()
+        if rtsp is not None and loop:
+            report = run_loop(pipe, console, workdir=workdir, cameras=True)
+            console.print(report.table())
+            if not report.ok:
+                console.print("[red]the retraining loop did not complete[/red] (the table says which stage)")
+                code = 1
         if keep:
             console.print("servers and workers keep running; Ctrl-C to stop")
             try:

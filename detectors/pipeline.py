@@ -46,6 +46,10 @@ class PipelineStep:
     detected: bool
     detections: sv.Detections
     candidates: list[IncidentCandidate] = field(default_factory=list)
+    #: the frame as analysed (resized to the zones' frame size), for a shadow detector to see the same
+    #: picture (detectors/shadow.py), and the time this frame spent in the detector (0: not run)
+    image: np.ndarray | None = None
+    infer_ms: float = 0.0
 
 
 class CameraPipeline:
@@ -99,7 +103,8 @@ class CameraPipeline:
                 self.last_detections = self.detector.detect(image)
             self.stats.inferences += 1
         t2 = time.perf_counter()
-        self.stats.infer_ms += (t2 - t1) * 1000
+        infer_ms = (t2 - t1) * 1000
+        self.stats.infer_ms += infer_ms
         step = self.rules.step(ts_ms, image, self.last_detections)
         cands = []
         for c in step.candidates:
@@ -116,4 +121,4 @@ class CameraPipeline:
             cands.append(c)
         self.stats.rules_ms += (time.perf_counter() - t2) * 1000
         self.stats.candidates += len(cands)
-        return PipelineStep(ts_ms, run, step.detections, cands)
+        return PipelineStep(ts_ms, run, step.detections, cands, image, infer_ms)

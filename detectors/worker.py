@@ -4,6 +4,8 @@
     detector, tracker, zones, rules, evidence) --> gridwatch.incident.candidates (Kafka)
     camera up/down --> gridwatch.camera.events (Kafka) + camera_event (InfluxDB)
     health --> camera_health, pipeline_health (InfluxDB)
+    shadow (cameras.shadow) --> the same frames through the registry's `shadow` detector and its own
+        rules --> record files only (detectors/shadow.py; never Kafka, never dispatched)
 
 One thread per camera runs its pipeline on the newest frame at the camera's analysed rate (a slow
 camera never holds up another: frames are taken, never queued). The detector is shared; a
@@ -28,6 +30,7 @@ from gridwatch.config import CameraConfig, GridwatchConfig
 from gridwatch.detectors.base import Detector
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.pipeline import CameraPipeline
+from gridwatch.detectors.shadow import ShadowRecorder, ShadowRun
 from gridwatch.detectors.verification import ZoneVerification
 from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.ingest.camera import CameraEvent, CameraReader
@@ -97,6 +100,11 @@ class CameraWorker:
         }
         for feed in cams.feeds:
             self._add(feed)
+        #: the shadow run (cameras.shadow): the registry's `shadow` detector, recorded, never sent
+        self.shadow: ShadowRun | None = None
+        self._failed_shadow: int | None = None
+        if cams.shadow.enabled and self.detector is not None:
+            self._start_shadow()
 
     def _add(self, feed: CameraConfig) -> None:
         cid = feed.source.id
@@ -110,6 +118,69 @@ class CameraWorker:
             location=loc,
             inference=self.inference,
         )
+
+    # --- the shadow run ------------------------------------------------------------------------
+    def _start_shadow(self) -> None:
+        cams = self.cfg.cameras
+        chosen = set(cams.shadow.cameras) if cams.shadow.cameras is not None else None
+        feeds = {
+            f.source.id: (f.rules, f.source.analysed_fps)
+            for f in cams.feeds
+            if f.detect and (chosen is None or f.source.id in chosen)
+        }
+        shadow = ShadowRun(
+            feeds, cams.motion, ShadowRecorder(cams.shadow.record_dir),
+            frame_share=cams.shadow.frame_share, inference=self.inference,
+        )  # fmt: skip
+        assert self.detector is not None
+        shadow.set_production_model(self.detector.model_version)
+        self.shadow = shadow
+        try:
+            d = read_deployed(self.cfg.models.registry_dir, "detector", "shadow")
+        except Exception as e:  # an unreadable pointer is the shadow's problem, not production's
+            shadow.counters["shadow_errors"] += 1
+            log.error(
+                "cameras: shadow pointer unreadable (%s: %s); production continues", type(e).__name__, e
+            )
+            d = None
+        if d is not None:  # else it starts when the registry's shadow pointer appears
+            new = self._load_shadow(d.version, d.path)
+            if new is not None:
+                shadow.set_detector(new, d.version)
+
+    def _load_shadow(self, version: int, path: Any) -> Detector | None:
+        """The shadow's detector, or None (logged, counted) when it does not load: production goes on."""
+        assert self.shadow is not None
+        try:
+            return self._build_detector(self._detector_config(path))
+        except Exception as e:  # a broken shadow must never stop production
+            self._failed_shadow = version  # not retried until the pointer changes
+            self.shadow.counters["shadow_errors"] += 1
+            # the exception names the file and the problem; no credentials are involved in a model load
+            log.error("cameras: shadow detector v%s did not load (%s: %s); production continues",
+                      version, type(e).__name__, e)  # fmt: skip
+            return None
+
+    async def _poll_shadow(self) -> None:
+        """Start, swap or stop the shadow when the registry's `shadow` pointer appears, changes or goes."""
+        shadow = self.shadow
+        assert shadow is not None
+        d = read_deployed(self.cfg.models.registry_dir, "detector", "shadow")
+        if d is None:
+            if shadow.detector is not None:  # the pointer was removed: stop the shadow
+                old = await asyncio.to_thread(shadow.set_detector, None, None)
+                if old is not None:
+                    old.close()
+            self._failed_shadow = None
+            return
+        if d.version in (shadow.version, self._failed_shadow):
+            return
+        new = await asyncio.to_thread(self._load_shadow, d.version, d.path)
+        if new is None:
+            return
+        old = await asyncio.to_thread(shadow.set_detector, new, d.version)
+        if old is not None:
+            old.close()
 
     # --- the model registry (hot swap) ---------------------------------------------------------
     def _build_detector(self, det_cfg: Any) -> Detector:
@@ -135,6 +206,8 @@ class CameraWorker:
         self.detector = new
         self.deployed_version = version
         self.counters["model_swaps"] += 1
+        if self.shadow is not None:
+            self.shadow.set_production_model(new.model_version)
         log.info("cameras: detector now %s (registry version %s)", new.model_version, version)
         return old
 
@@ -144,6 +217,14 @@ class CameraWorker:
         cams = self.cfg.cameras
         while not stop.is_set():
             await asyncio.sleep(cams.registry_poll_s)
+            if self.shadow is not None:
+                try:
+                    await self._poll_shadow()
+                except Exception:  # the shadow's pointer or files: never the production poll's problem
+                    self.shadow.counters["shadow_errors"] += 1
+                    log.exception("cameras: shadow registry poll failed; production continues")
+            if not cams.follow_registry:
+                continue
             d = read_deployed(self.cfg.models.registry_dir, "detector")
             if d is None or d.version in (self.deployed_version, self._failed_version):
                 continue
@@ -166,12 +247,16 @@ class CameraWorker:
         while not self._stop.is_set():
             try:
                 for frame in reader.frames(self._stop):
+                    t0 = time.perf_counter()
                     step = pipe.process(frame.image, frame.ts_ms)
+                    production_ms = (time.perf_counter() - t0) * 1000
                     self.frame_latency_ms.append(float(self.clock.now_ms() - frame.ts_ms))
                     if self.verifications.get(cid):
                         self._verify(cid, pipe, frame.ts_ms)
                     for c in step.candidates:
                         self._emit_candidate(c, frame.ts_ms)
+                    if self.shadow is not None:  # after production's candidates are on their way
+                        self.shadow.observe(cid, step, production_ms)
             except Exception:  # a bug on one camera must not stop the others: log, count, go on
                 self.counters["errors"] += 1
                 log.exception("camera %s: pipeline error; continuing", cid)
@@ -269,6 +354,8 @@ class CameraWorker:
             pipe = self.pipelines.get(ev.camera_id)
             if pipe is not None:
                 pipe.reset()
+            if self.shadow is not None:
+                self.shadow.reset(ev.camera_id)
         self._enqueue(CAMERA_EVENTS.name, ev.camera_id.encode(), ev.model_dump_json().encode())
         if self._influx is not None and self._loop is not None:
             ln = line(
@@ -316,7 +403,7 @@ class CameraWorker:
         log.info("cameras: ready (%d cameras, detector %s)", len(self.readers),
                  self.detector.model_version if self.detector else "none")  # fmt: skip
         tasks = [asyncio.create_task(self._health(stop))]
-        if self.cfg.cameras.follow_registry and self.detector is not None:
+        if (self.cfg.cameras.follow_registry and self.detector is not None) or self.shadow is not None:
             tasks.append(asyncio.create_task(self._follow_registry(stop)))
         if producer is not None:
             tasks.append(asyncio.create_task(self._send(producer, stop)))
@@ -337,6 +424,10 @@ class CameraWorker:
             await self._influx.close()
             if self.detector is not None:
                 self.detector.close()
+            if self.shadow is not None:
+                self.shadow.flush()
+                if self.shadow.detector is not None:
+                    self.shadow.detector.close()
 
     async def _send(self, producer: Any, stop: asyncio.Event) -> None:
         assert self._pending is not None
@@ -372,6 +463,8 @@ class CameraWorker:
         # which model made the candidates of this interval (a string field: InfluxDB keeps its type)
         s["model_version"] = self.detector.model_version if self.detector is not None else ""
         s["verifier_dropped"] = int(getattr(self.detector, "dropped", 0))
+        if self.shadow is not None:
+            s.update(self.shadow.stats())
         return s
 
     async def _health(self, stop: asyncio.Event) -> None:

@@ -681,6 +681,38 @@ class VerifierConfig(_Model):
     )
 
 
+class ShadowConfig(_Model):
+    """The shadow run (docs/MODELS.md "Shadow runs"): the registry's `shadow` detector beside production."""
+
+    enabled: bool = Field(
+        False,
+        title="Shadow run",
+        description="Run the detector the registry's `shadow` alias points at (`models.registry_dir`) beside "
+        "production on the same frames; its candidates are recorded, never dispatched. The pointer is polled "
+        "every `registry_poll_s`: a shadow version that appears, changes or is removed starts, swaps or "
+        "stops the shadow without a restart.",
+    )
+    frame_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        title="Frame share",
+        description="Share of each camera's analysed frames the shadow also sees, picked deterministically "
+        "(0.5: every second frame; 1: every frame). Its tracker runs at the matching rate.",
+    )
+    cameras: list[str] | None = Field(
+        None,
+        title="Cameras",
+        description="Ids of the cameras that run the shadow (default: every camera with the detector on).",
+    )
+    record_dir: Path = Field(
+        Path("var/shadow"),
+        title="Record directory",
+        description="Where the shadow's and production's candidates and cost figures are written "
+        "(`<camera>/<YYYY-MM-DD>.jsonl`, UTC days) for `gridwatch models compare`; relative to the config file.",
+    )
+
+
 class CamerasConfig(_Model):
     detector: _DetectorUnion = Field(  # type: ignore[valid-type]
         default_factory=lambda: _NanoDetConfig(),
@@ -720,6 +752,12 @@ class CamerasConfig(_Model):
     registry_poll_s: float = Field(
         5, gt=0, title="Registry poll", description="How often the registry's production pointer is read."
     )
+    shadow: ShadowConfig = Field(
+        default_factory=ShadowConfig,
+        title="Shadow run",
+        description="A second detector (the registry's `shadow` alias) beside production, recorded and never "
+        "dispatched (docs/MODELS.md).",
+    )
     feeds: list[CameraConfig] = Field(default_factory=list, title="Cameras", description="The cameras.")
 
     @model_validator(mode="after")
@@ -729,6 +767,9 @@ class CamerasConfig(_Model):
             if c.source.id in seen:
                 raise ValueError(f"feeds[{i}].source.id: duplicate camera id {c.source.id!r}")
             seen.add(c.source.id)
+        for i, cid in enumerate(self.shadow.cameras or ()):
+            if cid not in seen:
+                raise ValueError(f"shadow.cameras[{i}]: no camera {cid!r} in feeds")
         return self
 
 
@@ -956,6 +997,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             sec = cams.get(key)
             if isinstance(sec, dict) and isinstance(sec.get("model_dir"), str):
                 sec["model_dir"] = str(_resolve(sec["model_dir"], base))
+        shadow = cams.get("shadow")
+        if isinstance(shadow, dict) and isinstance(shadow.get("record_dir"), str):
+            shadow["record_dir"] = str(_resolve(shadow["record_dir"], base))
     for section, key in (("influx", "spill_dir"), ("streams", "data_dir"), ("models", "registry_dir")):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):

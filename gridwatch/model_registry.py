@@ -356,6 +356,24 @@ class ModelRegistry:
         )  # fmt: skip
         return self._point(kind, alias, target, by)
 
+    def unset(self, kind: str, *, alias: str, by: str = "", reason: str = "") -> int:
+        """Take `alias` off its version (e.g. end a shadow run); returns the version it held. Not
+        for `production`: camera workers always need one (promote or roll back instead)."""
+        self._check_alias(alias)
+        if alias == "production":
+            raise RegistryError("production cannot be unset: promote another version or roll back")
+        held = self._aliases(kind).get(alias)
+        if held is None:
+            raise RegistryError(f"{kind}: {alias} points at no version")
+        self.client.delete_registered_model_alias(kind, alias)
+        (self.root / "deployed" / f"{kind}.{alias}.json").unlink(missing_ok=True)
+        self._record(
+            kind,
+            {"op": "unset", "alias": alias, "version": None, "previous": held, "by": by,
+             "reason": reason, "forced": False, "worse": []},
+        )  # fmt: skip
+        return held
+
     def _record(self, kind: str, entry: dict[str, Any]) -> None:
         hist = self._history(kind)
         hist.append({**entry, "at_ms": int(time.time() * 1000)})

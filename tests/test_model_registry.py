@@ -64,6 +64,18 @@ def test_register_promote_gate_force_rollback(reg: ModelRegistry, tmp_path: Path
     last = reg.history("detector")[-1]
     assert last["forced"] and last["previous"] == 1 and "cones" in last["reason"] and last["worse"]
     assert set(reg.get("detector", 2).aliases) == {"production", "shadow"}
+    # ending the shadow run: the alias and its pointer go, the history says so; production stays
+    assert read_deployed(reg.root, "detector", "shadow").version == 2
+    assert reg.unset("detector", alias="shadow", reason="compared", by="lead") == 2
+    assert read_deployed(reg.root, "detector", "shadow") is None
+    assert set(reg.get("detector", 2).aliases) == {"production"}
+    assert reg.history("detector")[-1] | {"at_ms": 0} == {
+        "op": "unset", "alias": "shadow", "version": None, "previous": 2, "by": "lead",
+        "reason": "compared", "forced": False, "worse": [], "at_ms": 0}  # fmt: skip
+    with pytest.raises(RegistryError, match="points at no version"):
+        reg.unset("detector", alias="shadow")
+    with pytest.raises(RegistryError, match="production cannot be unset"):
+        reg.unset("detector", alias="production")
 
     back = reg.rollback("detector", reason="false alarms at night", by="lead")
     assert back.version == 1 and read_deployed(reg.root, "detector").version == 1
@@ -135,3 +147,8 @@ def test_the_models_commands(tmp_path: Path) -> None:
     assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [(1, ["production"])]
     r = run.invoke(app, ["models", "rollback", "detector", "--config", str(conf)])
     assert r.exit_code == 2 and "no earlier version" in r.output
+    assert gw("models", "promote", "detector", "1", "--alias", "shadow")["version"] == 1
+    assert gw("models", "unset", "detector", "--alias", "shadow", "--reason", "done") == {
+        "kind": "detector", "alias": "shadow", "unset": 1}  # fmt: skip
+    r = run.invoke(app, ["models", "unset", "detector", "--alias", "production", "--config", str(conf)])
+    assert r.exit_code == 2 and "production cannot be unset" in r.output

@@ -255,6 +255,20 @@ class ModelRegistry:
         )
         return self._to_version(kind, mv, self._aliases(kind))
 
+    def record_metrics(self, kind: str, ref: str | int, metrics: dict[str, float]) -> ModelVersion:
+        """Add figures to an existing version: a new standard set was evaluated on it (e.g. the
+        production model, before a candidate trained with a new class is compared with it).
+        Figures it already has are never changed: the registry's record of a version is append-only."""
+        v = self.get(kind, ref)
+        clash = sorted(k for k in metrics if k in v.metrics and v.metrics[k] != float(metrics[k]))
+        if clash:
+            raise RegistryError(f"{kind} v{v.version}: already has other figures for {', '.join(clash)}")
+        run_id = self.client.get_model_version(kind, str(v.version)).run_id
+        for k, val in metrics.items():
+            if k not in v.metrics:
+                self.client.log_metric(run_id, k, float(val))
+        return self.get(kind, v.version)
+
     def versions(self, kind: str) -> list[ModelVersion]:
         self._check_kind(kind)
         from mlflow.exceptions import MlflowException

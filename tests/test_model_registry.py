@@ -55,6 +55,13 @@ def test_register_promote_gate_force_rollback(reg: ModelRegistry, tmp_path: Path
     assert (v2.version, v2.parent, v2.dataset) == (2, "1", "city/v3")
     with pytest.raises(PromotionRefused, match=r"clips.overall.f1: 0.91 \(v1\) -> 0.85"):
         reg.promote("detector", 2)
+    # figures of a new standard set join a version; existing figures are never rewritten
+    assert reg.record_metrics("detector", 1, {"frames.person.ap50": 0.8}).metrics["frames.person.ap50"] == 0.8
+    with pytest.raises(RegistryError, match=r"already has other figures for frames.person.ap50"):
+        reg.record_metrics("detector", 1, {"frames.person.ap50": 0.9})
+    assert reg.record_metrics("detector", 2, {"frames.person.ap50": 0.7}).metrics["frames.person.ap50"] == 0.7
+    with pytest.raises(PromotionRefused, match=r"frames.person.ap50: 0.8 \(v1\) -> 0.7"):
+        reg.promote("detector", 2)
     # lower-is-better figures (delay) do not block; shadow and candidate are not gated
     assert reg.promote("detector", 2, alias="shadow").version == 2
     with pytest.raises(RegistryError, match="needs a reason"):

@@ -19,7 +19,14 @@ from rich.table import Table
 
 from gridwatch.dataset.errors import DatasetError
 
-__all__ = ["DatasetError", "dataset_export", "dataset_import", "dataset_list", "dataset_sample"]
+__all__ = [
+    "DatasetError",
+    "dataset_composite",
+    "dataset_export",
+    "dataset_import",
+    "dataset_list",
+    "dataset_sample",
+]
 
 
 @contextmanager
@@ -159,3 +166,44 @@ def dataset_list(datasets_root: Path, *, console: Console | None = None) -> dict
             t.add_row(*(str(x if x is not None else "-") for x in row.values()))
     console.print(t)
     return _emit({"root": str(datasets_root), "datasets": len(found), "versions": rows})
+
+
+def dataset_composite(
+    datasets_root: Path,
+    name: str,
+    *,
+    images: int,
+    seed: int = 0,
+    layout: str = "native",
+    split: str = "test",
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """`dataset composite NAME --images N --seed S --layout native|mirror`: a fully labelled frame
+    set composited onto vtest.avi's empty background (gridwatch/dataset/composite.py)."""
+    from gridwatch.dataset.composite import composite_dataset
+
+    console = console or Console(stderr=True)
+    with _progress(console) as report:
+        v = composite_dataset(
+            datasets_root, name, images=images, seed=seed, layout=layout, split=split, on_progress=report
+        )
+    counts = v.manifest["counts"]
+    t = Table(title=f"{v.name} {v.tag}: {counts['images']} composite images ({layout}, seed {seed})")
+    for col in ("class", "boxes"):
+        t.add_column(col)
+    for k, n in counts["per_class"].items():
+        t.add_row(k, str(n))
+    console.print(t)
+    return _emit(
+        {
+            "dataset": v.name,
+            "version": v.tag,
+            "path": str(v.path),
+            "layout": layout,
+            "seed": seed,
+            "split": split,
+            "images": counts["images"],
+            "annotations": counts["annotations"],
+            "per_class": counts["per_class"],
+        }
+    )

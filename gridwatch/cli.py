@@ -34,7 +34,10 @@ cameras_app = typer.Typer(
     help="Camera workers: RTSP -> detector -> zones and rules -> candidates.", no_args_is_help=True
 )
 app.add_typer(cameras_app, name="cameras")
-eval_app = typer.Typer(help="Evaluate the camera detectors on labelled clips.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate the camera detectors on labelled clips (events) and labelled frames (COCO mAP).",
+    no_args_is_help=True,
+)
 app.add_typer(eval_app, name="eval")
 dashboards_app = typer.Typer(help="Grafana wall screens: dashboards as code.", no_args_is_help=True)
 app.add_typer(dashboards_app, name="dashboards")
@@ -282,6 +285,26 @@ def eval_detectors(
     print(json.dumps(result))
 
 
+@eval_app.command("frames")
+def eval_frames(
+    dataset: Path = typer.Argument(..., help="A dataset version directory, e.g. var/datasets/composite/v1."),
+    model: str = typer.Option(
+        ..., "--model", help="A model directory (model.yaml + ONNX) or detector:VERSION / detector@ALIAS."
+    ),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Frame-level COCO mAP / AP50 / AP75, per-class AP and false alarms of a detector model (JSON last line)."""
+    cfg = _load(config)
+    from gridwatch.detectors.frame_eval import FrameEvalError, run_frame_eval
+
+    try:
+        result = run_frame_eval(dataset, model, cfg, console=console)
+    except FrameEvalError as e:
+        console.print(f"[red]evaluation error[/red]\n{e}", highlight=False)
+        raise typer.Exit(2) from None
+    print(json.dumps(result))
+
+
 @dashboards_app.command("push")
 def dashboards_push(
     url: str = typer.Option(..., help="Grafana base URL, e.g. http://grafana:3000."),
@@ -403,6 +426,25 @@ def dataset_list_cmd(
     _dataset_errors(lambda: dataset_list(datasets_root, console=console))
 
 
+@dataset_app.command("composite")
+def dataset_composite_cmd(
+    name: str = typer.Argument(..., help="The dataset's name; the version goes to ROOT/NAME/v<N>."),
+    to: Path = typer.Option(Path("var/datasets"), "--to", help="The datasets root."),
+    images: int = typer.Option(200, "--images", help="How many composite images."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every draw (same seed, layout, footage: same set)."),
+    layout: str = typer.Option("native", "--layout", help="native (768x576) or mirror (the held-out view)."),
+    split: str = typer.Option("test", "--split", help="Split name recorded in the manifest and images."),
+) -> None:
+    """A fully labelled frame set composited onto vtest.avi's empty background (docs/DATASETS.md)."""
+    from gridwatch.dataset.cli import dataset_composite
+
+    _dataset_errors(
+        lambda: dataset_composite(
+            to, name, images=images, seed=seed, layout=layout, split=split, console=console
+        )
+    )
+
+
 models_app = typer.Typer(
     help="The model registry: versions, lineage, figures; promote, roll back (docs/MODELS.md).",
     no_args_is_help=True,
@@ -471,20 +513,32 @@ def models_register(
     eval_json: Path | None = typer.Option(
         None, help="The last line of `gridwatch eval detectors` on the standard clips: its figures."
     ),
+    frames_json: Path | None = typer.Option(
+        None, help="The last line of `gridwatch eval frames` on the standard frame set: its figures."
+    ),
     parent: str | None = typer.Option(None, help="The version it was trained from."),
     dataset: str | None = typer.Option(None, help="The dataset version it was trained on."),
     description: str = typer.Option("", help="One line on what changed."),
     config: Path = ConfigOpt,
 ) -> None:
     """Register a new version (sha256, lineage, figures); JSON last."""
+    from gridwatch.detectors.frame_eval import frames_metrics
     from gridwatch.model_registry import flatten_eval
 
-    metrics = {}
-    if eval_json is not None:
+    metrics: dict[str, float] = {}
+    for path, command, key, flatten in (
+        (eval_json, "eval detectors", "overall", flatten_eval),
+        (frames_json, "eval frames", "map", frames_metrics),
+    ):
+        if path is None:
+            continue
         try:
-            metrics = flatten_eval(json.loads(eval_json.read_text(encoding="utf-8").strip().splitlines()[-1]))
-        except (OSError, ValueError, IndexError) as e:
-            console.print(f"[red]{eval_json}[/red]: not the JSON figures of `gridwatch eval detectors` ({e})")
+            doc = json.loads(path.read_text(encoding="utf-8").strip().splitlines()[-1])
+            if not isinstance(doc, dict) or key not in doc:
+                raise ValueError(f"no {key!r} key")
+            metrics |= flatten(doc)
+        except (OSError, ValueError, IndexError, AttributeError) as e:
+            console.print(f"[red]{path}[/red]: not the JSON figures of `gridwatch {command}` ({e})")
             raise typer.Exit(2) from None
     reg = _registry(config)
     v = _registry_errors(
@@ -523,6 +577,91 @@ def models_rollback(
     reg = _registry(config)
     d = _registry_errors(lambda: reg.rollback(kind, alias=alias, reason=reason, by=by))
     print(json.dumps({"kind": kind, "alias": alias, "version": d.version, "sha256": d.sha256}))  # type: ignore[attr-defined]
+
+
+@models_app.command("unset")
+def models_unset(
+    kind: str = typer.Argument(..., help="detector or verifier."),
+    alias: str = typer.Option(..., help="shadow or candidate (production is never unset)."),
+    reason: str = typer.Option("", help="Why (recorded)."),
+    by: str = typer.Option("", help="Who (recorded)."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Take an alias off its version: `--alias shadow` ends a shadow run (workers stop it at their next poll)."""
+    reg = _registry(config)
+    held = _registry_errors(lambda: reg.unset(kind, alias=alias, reason=reason, by=by))
+    print(json.dumps({"kind": kind, "alias": alias, "unset": held}))
+
+
+@models_app.command("compare")
+def models_compare(
+    records: Path | None = typer.Option(
+        None, "--records", help="Shadow record directory (default: cameras.shadow.record_dir)."
+    ),
+    hours: float | None = typer.Option(None, "--hours", help="Only the last N hours of records."),
+    camera: list[str] = typer.Option([], "--camera", help="Only this camera (repeatable)."),
+    shadow_version: int | None = typer.Option(None, "--shadow-version", help="Only this shadow version."),
+    window_s: float = typer.Option(10.0, "--window-s", help="Candidates within this many seconds pair."),
+    miss_window_s: float = typer.Option(
+        600.0,
+        "--miss-window-s",
+        help="A shadow candidate up to this long before a person's report catches it.",
+    ),
+    ledger: str | None = typer.Option(
+        None, "--ledger", help="Ledger URL for the operators' verdicts (default: dispatch.ledger_url)."
+    ),
+    no_ledger: bool = typer.Option(False, "--no-ledger", help="Do not read verdicts."),
+    clips: Path | None = typer.Option(None, "--clips", help="Offline: labelled clips (e.g. var/eval-clips)."),
+    production: str = typer.Option(
+        "production", "--production", help="--clips: model dir, alias or version."
+    ),
+    shadow: str = typer.Option("shadow", "--shadow", help="--clips: model dir, alias or version."),
+    fps: float | None = typer.Option(
+        None, "--fps", help="--clips: analysed fps (default as eval detectors)."
+    ),
+    config: Path = ConfigOpt,
+) -> None:
+    """The shadow against production: agreement, false alarms avoided, misses caught, cost per frame."""
+    import time
+
+    from gridwatch import model_compare as mc
+
+    cfg = _load(config)
+    if clips is not None:
+        from gridwatch.detectors.evaluate import EvalError
+
+        try:
+            p_dir, s_dir = mc.resolve_model_ref(production, cfg), mc.resolve_model_ref(shadow, cfg)
+            report = mc.compare_clips(clips, cfg, p_dir, s_dir, fps=fps, window_s=window_s, console=console)
+        except (EvalError, ValueError) as e:
+            console.print(f"[red]compare error[/red]\n{e}", highlight=False)
+            raise typer.Exit(2) from None
+        mc.print_report(console, report)
+        print(json.dumps(report))
+        return
+    since = int((time.time() - hours * 3600) * 1000) if hours is not None else None
+    recs = mc.read_records(records or cfg.cameras.shadow.record_dir, cameras=camera or None, since_ms=since)
+    verdicts = None
+    url = ledger or cfg.dispatch.ledger_url
+    local = url.removeprefix("sqlite:///")
+    if not no_ledger and (not url.startswith("sqlite:///") or Path(local).is_file()):
+        from gridwatch.config import secret_from_env
+        from gridwatch.dispatch.ledger import Ledger
+
+        try:
+            pw = secret_from_env(cfg.dispatch.ledger_password_env, what="dispatch.ledger_password_env")
+            led = Ledger(url, password=pw)
+            try:
+                verdicts = mc.ledger_verdicts(led, since_ms=since)
+            finally:
+                led.close()
+        except Exception as e:  # noqa: BLE001 - no verdicts is a smaller report, not a failure
+            console.print(f"[yellow]no verdicts[/yellow]: the ledger could not be read ({type(e).__name__})")
+    report = mc.compare_records(
+        recs, verdicts, window_s=window_s, miss_window_s=miss_window_s, shadow_version=shadow_version
+    )
+    mc.print_report(console, report)
+    print(json.dumps(report))
 
 
 train_app = typer.Typer(
@@ -589,6 +728,71 @@ def train_footage_dataset_cli(
     )
 
 
+@train_app.command("detector")
+def train_detector_cli(
+    dataset: Path = typer.Option(
+        ..., "--dataset", help="A dataset version with the new class, e.g. var/datasets/bags/v1."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Run directory: cache, checkpoint, and the model in OUT/model."
+    ),
+    parent: Path | None = typer.Option(
+        None, "--from", help="Parent model directory (default: the bundled NanoDet-g 416)."
+    ),
+    steps: int = typer.Option(300, help="Training steps."),
+    batch: int = typer.Option(8, help="Images per step."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate (warm-up, then cosine to 10 %)."),
+    seed: int = typer.Option(0, help="Seed of the batch draws (same data and seed: same run)."),
+    new_class: list[str] | None = typer.Option(
+        None,
+        "--new-class",
+        help="NAME or NAME=SLOT (a parent label to reuse, e.g. bag=toaster); repeatable. "
+        "Default: the dataset's categories the parent lacks, in free slots (toaster, hair drier, giraffe...).",
+    ),
+    replay: float = typer.Option(0.25, help="Share of each batch from images without the new class."),
+    holdout: float = typer.Option(
+        0.2, help="Share of the dataset (its last images) held out for the figures."
+    ),
+    eval_sets: list[Path] | None = typer.Option(
+        None, "--eval", help="Another held-out dataset version (repeatable)."
+    ),
+    checkpoint_every: int = typer.Option(25, help="Steps between checkpoints."),
+    resume: bool = typer.Option(False, help="Continue the run in OUT from its checkpoint (and cache)."),
+    threads: int | None = typer.Option(None, help="torch threads (default: torch's)."),
+    register: bool = typer.Option(
+        False, help="Register OUT/model as a new `detector` version (models.registry_dir)."
+    ),
+    config: Path = ConfigOpt,
+) -> None:
+    """Fine-tune the detector's head on this CPU to add a class (docs/TRAINING.md); JSON summary last."""
+    from gridwatch.train.cli import train_detector_cmd
+
+    registry_dir = _load(config).models.registry_dir if register else None
+    _dataset_errors(
+        lambda: _registry_errors(
+            lambda: train_detector_cmd(
+                dataset,
+                out,
+                parent=parent,
+                steps=steps,
+                batch=batch,
+                lr=lr,
+                seed=seed,
+                new_classes=new_class,
+                replay=replay,
+                holdout=holdout,
+                eval_datasets=eval_sets or [],
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                threads=threads,
+                register=register,
+                registry_dir=registry_dir,
+                console=console,
+            )  # fmt: skip
+        )
+    )
+
+
 @report_app.command("monthly")
 def report_monthly(
     month: str = typer.Option(..., help="The month, YYYY-MM (the centre's time zone)."),
@@ -634,12 +838,37 @@ def demo(
     history_hours: float = typer.Option(3.0, help="Hours of sensor history to replay."),
     live_s: float = typer.Option(20.0, help="Seconds of live feed after the replay."),
     keep: bool = typer.Option(False, help="Keep the servers running after the summary until Ctrl-C."),
+    loop: bool = typer.Option(
+        True, help="End with the retraining loop (dataset, verifier, fine-tune, shadow, promotion)."
+    ),
 ) -> None:
     """Run the whole sensor loop on embedded servers: MQTT -> Kafka -> Faust -> InfluxDB + candidates."""
     from gridwatch.demo import run_demo
 
-    code = run_demo(workdir=workdir, history_hours=history_hours, live_s=live_s, keep=keep, console=console)
+    code = run_demo(
+        workdir=workdir, history_hours=history_hours, live_s=live_s, keep=keep, console=console, loop=loop
+    )
     raise typer.Exit(code)
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    batch: int = typer.Option(8, help="Images per detector step (416x416 neck features)."),
+    steps: int = typer.Option(10, help="Timed steps per phase (medians, after one warm-up step)."),
+    rows: int = typer.Option(1904, help="Verifier rows (343 features each)."),
+    threads: int = typer.Option(2, help="torch threads."),
+) -> None:
+    """Seconds per step and peak memory of the detector head fine-tune and the verifier fit, beside their raw limits."""
+    from gridwatch.train.bench import bench_train
+
+    r = bench_train(batch=batch, steps=steps, verifier_rows=rows, threads=threads)
+    for part in ("detector_head", "verifier"):
+        f = r[part]
+        console.print(
+            f"{part}: {f['s_per_step']} s/step vs raw {f['raw_s_per_step']} s (x{f['ratio']}); "
+            f"peak RSS {f['peak_rss_mb']} MB (raw {f['raw_peak_rss_mb']} MB, {f['rss_before_mb']} MB before)"
+        )
+    print(json.dumps(r))
 
 
 @bench_app.command("city")
@@ -719,6 +948,40 @@ def bench_sensors(
         workdir=workdir,
         console=console,
     )
+    print(json.dumps(result))
+
+
+@bench_app.command("eval")
+def bench_eval(
+    clips_dir: Path = typer.Option(
+        Path("var/eval-clips"), "--clips-dir", help="The shipped clips (scripts/make_eval_clips.py)."
+    ),
+    clips: str | None = typer.Option(
+        None, "--clips", help="Comma-separated clip names (default: all of CLIPS_DIR)."
+    ),
+    fps: float | None = typer.Option(None, "--fps", help="Analysed fps (default: as `eval detectors`)."),
+    dataset: Path | None = typer.Option(
+        None,
+        "--dataset",
+        help="Dataset version for `eval frames` (default: a composite set made for the run).",
+    ),
+    images: int = typer.Option(100, "--images", help="Composite images made when --dataset is not given."),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """`eval detectors` clips/s vs real time and `eval frames` frames/s, each beside a bare detector loop."""
+    cfg = _load(config)
+    from gridwatch.bench.eval import run_eval_bench
+    from gridwatch.detectors.evaluate import EvalError
+    from gridwatch.detectors.frame_eval import FrameEvalError
+
+    names = [c.strip() for c in clips.split(",") if c.strip()] if clips else None
+    try:
+        result = run_eval_bench(
+            cfg, clips_dir=clips_dir, clips=names, fps=fps, dataset=dataset, images=images, console=console
+        )
+    except (EvalError, FrameEvalError, ValueError) as e:
+        console.print(f"[red]bench error[/red]\n{e}", highlight=False)
+        raise typer.Exit(2) from None
     print(json.dumps(result))
 
 

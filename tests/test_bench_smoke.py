@@ -97,3 +97,45 @@ def test_percentile_is_nearest_rank_and_says_when_empty() -> None:
     assert percentile([], 0.5) == 0.0 and percentile([], 0.5, empty=None) is None
     assert percentile([1.234, 2.345], 1.0, ndigits=1) == 2.3
     assert isinstance(percentile([1, 2], 0.5), float)  # InfluxDB fixes a field's type
+
+
+def test_bench_eval_smoke():
+    """`gridwatch bench eval` on one shipped clip at 0.5 fps and 3 composite images (~10 s)."""
+    from gridwatch.detectors import eval_clips as E
+
+    if not E.FOOTAGE.is_file():
+        pytest.skip(f"footage {E.FOOTAGE} missing: run scripts/fetch_footage.sh")
+    clips_dir = E.ensure_clips(E.OUT_DIR, names=["dump_bag_paved"])  # cached; ~5 s if stale
+    out = subprocess.run(
+        [sys.executable, "-m", "gridwatch.cli", "bench", "eval", "--clips-dir", str(clips_dir),
+         "--clips", "dump_bag_paved", "--fps", "0.5", "--images", "3"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    r = _last_json(out)
+    assert r["bench"] == "eval"
+    ed, ef = r["eval_detectors"], r["eval_frames"]
+    assert ed["clips"] == 1 and ed["clip_seconds"] == 35.0
+    assert ed["frames_analysed"] == ed["raw"]["frames"] > 0
+    assert ed["gridwatch"]["speed_x_realtime"] > 0 and ed["raw"]["speed_x_realtime"] > 0 and ed["ratio"] > 0
+    assert ef["images"] == ef["raw"]["images"] == 3 and ef["ratio"] > 0 and ef["gridwatch"]["map"] is not None
+
+
+def test_bench_train_smoke():
+    """`gridwatch bench train` with one timed step of 2 images and 300 verifier rows (~20 s: four
+    fresh processes, each importing torch)."""
+    from pathlib import Path
+
+    video = Path(__file__).resolve().parents[1] / "var" / "footage" / "vtest.avi"
+    if not video.is_file():
+        pytest.skip(f"footage {video} missing: run scripts/fetch_footage.sh")
+    out = subprocess.run(
+        [sys.executable, "-m", "gridwatch.cli", "bench", "train", "--steps", "1", "--batch", "2", "--rows", "300"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    r = _last_json(out)
+    assert r["bench"] == "train"
+    for part in ("detector_head", "verifier"):
+        f = r[part]
+        assert f["s_per_step"] > 0 and f["raw_s_per_step"] > 0 and f["ratio"] > 0
+        assert f["peak_rss_mb"] >= f["rss_before_mb"] > 0
+    assert r["detector_head"]["batch"] == 2 and r["detector_head"]["head_params"] == 490740

@@ -146,9 +146,15 @@ def test_the_models_commands(tmp_path: Path) -> None:
         assert r.exit_code == 0, r.output
         return json.loads(r.output.strip().splitlines()[-1])
 
-    assert gw("models", "register", str(BUNDLED), "--eval-json", str(ev))["metrics"] == {
-        "clips.overall.f1": 0.91
-    }
+    frames = tmp_path / "frames.jsonl"
+    frames.write_text(json.dumps({"map": 0.6, "classes": {"person": {"ap": 0.7, "ap50": 0.95}}}) + "\n")
+    registered = gw("models", "register", str(BUNDLED), "--eval-json", str(ev), "--frames-json", str(frames))
+    assert registered["metrics"] == {
+        "clips.overall.f1": 0.91, "frames.map": 0.6, "frames.person.ap": 0.7, "frames.person.ap50": 0.95}  # fmt: skip
+    r = run.invoke(app, ["models", "register", str(BUNDLED), "--frames-json", str(ev), "--config", str(conf)])
+    assert r.exit_code == 2 and "JSON figures of `gridwatch eval frames` (no 'map' key)" in " ".join(
+        r.output.split()
+    )
     assert gw("models", "promote", "detector", "1", "--by", "me")["version"] == 1
     listed = gw("models", "list")
     assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [(1, ["production"])]

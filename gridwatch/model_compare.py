@@ -5,7 +5,8 @@ Two sources of evidence, one report:
 * **Live records** (`cameras.shadow.record_dir`, written by detectors/shadow.py): shadow and
   production candidates of the same cameras on the same frames, and their detector cost. Paired by
   camera, category and zone when raised within `window_s` of each other: agreement (both raised),
-  production-only, shadow-only. With the dispatch ledger, the operators' verdicts say which of
+  production-only, shadow-only (a condition production raised before the shadow started, raised
+  again by the shadow after its own dwell, is agreement: `carried_over`). With the dispatch ledger, the operators' verdicts say which of
   them mattered: production candidates whose incident was dismissed as a false alarm that the
   shadow did not raise (false alarms it would have avoided), and incidents a person reported
   (citizen or patrol source, no camera source) on a grid a shadowed camera watches that the
@@ -159,11 +160,16 @@ def compare_records(
     window_s: float = 10.0,
     miss_window_s: float = 600.0,
     shadow_version: int | None = None,
+    carry_s: float = 180.0,
 ) -> dict[str, Any]:
     """The compare report over records (and verdicts, if any). `shadow_version`: only that registry
-    version's shadow candidates and cost windows."""
+    version's shadow candidates and cost windows; with it, a shadow candidate raised within
+    `carry_s` of the shadow's start for a condition production raised before that start is counted
+    as agreement (`carried_over`), not as shadow-only."""
     costs = records.costs
     shadow = [r for r in records.candidates if r.get("role") == "shadow"]
+    earlier: list[dict[str, Any]] = []
+    starts: dict[str, int] = {}
     if shadow_version is not None:
         shadow = [r for r in shadow if r.get("registry_version") == shadow_version]
         costs = [c for c in costs if c.get("shadow_version") == shadow_version]
@@ -173,9 +179,27 @@ def compare_records(
             r for r in records.candidates
             if r.get("role") == "production" and any(a <= r["ts"] <= b for a, b in spans)
         ]  # fmt: skip
+        for c in costs:
+            cam = c.get("camera")
+            if cam:
+                starts[cam] = min(starts.get(cam, c["from_ts"]), c["from_ts"])
+        earlier = [
+            r for r in records.candidates
+            if r.get("role") == "production" and r["ts"] < starts.get(r.get("camera"), r["ts"])
+        ]  # fmt: skip
     else:
         production = [r for r in records.candidates if r.get("role") == "production"]
     pairs, prod_only, shadow_only = pair_candidates(production, shadow, int(window_s * 1000))
+    # A shadow starts with empty rules: a condition production raised before it started (the van
+    # still parked) is raised again by the shadow after its own dwell. Within `carry_s` of its
+    # start that is the same condition seen by both, not a shadow-only candidate.
+    key = lambda r: (r.get("camera"), r.get("category"), r.get("zone"))  # noqa: E731
+    raised_before = {key(r) for r in earlier}
+    carried = [
+        s for s in shadow_only
+        if key(s) in raised_before and s["ts"] - starts.get(s.get("camera"), s["ts"]) <= carry_s * 1000
+    ]  # fmt: skip
+    shadow_only = [s for s in shadow_only if s not in carried]
     report: dict[str, Any] = {
         "window_s": window_s,
         "cameras": sorted({r["camera"] for r in records.candidates} | {c["camera"] for c in costs}),
@@ -183,11 +207,14 @@ def compare_records(
         "shadow_models": sorted({str(r.get("model_version")) for r in shadow}),
         "production_candidates": len(production),
         "shadow_candidates": len(shadow),
-        "agreement": len(pairs),
+        "agreement": len(pairs) + len(carried),
+        "carried_over": len(carried),
         "production_only": len(prod_only),
         "shadow_only": len(shadow_only),
-        "agreement_rate": round(len(pairs) / (len(pairs) + len(prod_only) + len(shadow_only)), 3)
-        if (pairs or prod_only or shadow_only)
+        "agreement_rate": round(
+            (len(pairs) + len(carried)) / (len(pairs) + len(carried) + len(prod_only) + len(shadow_only)), 3
+        )
+        if (pairs or carried or prod_only or shadow_only)
         else None,
         "cost": _cost(costs),
         "bad_lines": records.bad_lines,
@@ -416,6 +443,7 @@ def print_report(console: Any, report: dict[str, Any]) -> None:
         ("production candidates", report["production_candidates"]),
         ("shadow candidates", report["shadow_candidates"]),
         (f"agreement (both, within {report['window_s']:g} s)", report["agreement"]),
+        ("  ... of which raised by production before the shadow started", report["carried_over"]),
         ("production only", report["production_only"]),
         ("shadow only", report["shadow_only"]),
         ("false alarms (production, operators' verdict)", report["false_alarms"]),

@@ -113,6 +113,28 @@ def test_pairing_by_camera_category_zone_and_time() -> None:
     assert [(p["candidate_id"], s["candidate_id"]) for p, s in pairs] == [("a", "s")] and len(p_only) == 1
 
 
+def test_a_condition_production_raised_before_the_shadow_started_is_agreement() -> None:
+    """The van parked since before the shadow started: production raised it then, the shadow (fresh
+    rules) raises it after its own dwell. Within `carry_s` of the shadow's start that is agreement."""
+    cost = {"kind": "cost", "camera": "cam-1", "from_ts": 100_000, "to_ts": 400_000, "shadow_version": 2,
+            "frames": 10, "shadow_frames": 10, "production_ms": 1.0, "shadow_ms": 1.0}  # fmt: skip
+    records = Records(
+        candidates=[
+            rec("production", 30_000, "van"),  # before the shadow started
+            rec("shadow", 120_000, "van-again", version=2),  # its own dwell after the start
+            rec("shadow", 380_000, "late", version=2, zone="verge"),  # no earlier production one
+            rec("production", 20_000, "old", zone="square"),
+            rec("shadow", 395_000, "square-late", version=2, zone="square"),  # past carry_s
+        ],
+        costs=[cost],
+    )
+    out = compare_records(records, shadow_version=2, carry_s=180)
+    assert (out["agreement"], out["carried_over"], out["production_only"], out["shadow_only"]) == (1, 1, 0, 2)
+    # without a version there are no spans to carry over from: the old figures
+    plain = compare_records(records)
+    assert (plain["agreement"], plain["carried_over"], plain["shadow_only"]) == (0, 0, 3)
+
+
 def test_compare_counts_false_alarms_avoided_and_misses_caught_from_a_real_ledger(tmp_path: Path) -> None:
     """Verdicts come from a real (SQLite) dispatch ledger: a camera gathering dismissed as a false
     alarm, a confirmed one, and a gathering a citizen reported that no camera raised."""

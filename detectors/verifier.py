@@ -480,17 +480,21 @@ class VerifiedDetector(Detector):
         self.tap.close()
 
 
-def build_camera_detector(cameras: Any, det_cfg: Any = None) -> Detector:
+def build_camera_detector(
+    cameras: Any, det_cfg: Any = None, verifier_dir: Path | str | None = None
+) -> Detector:
     """The detector the cameras run: `cameras.detector` (or `det_cfg`), followed by the false-alarm
-    verifier when `cameras.verifier.model_dir` is set. One place for the camera worker and
-    `gridwatch eval detectors`, so an evaluation measures what the cameras run."""
+    verifier of `verifier_dir` (the registry's production verifier, for a worker that follows the
+    registry) or else of `cameras.verifier.model_dir`, when either is set. One place for the camera
+    worker and `gridwatch eval detectors`, so an evaluation measures what the cameras run."""
     from gridwatch.detectors.base import build_detector, parse_detector_config
 
     det_cfg = cameras.detector if det_cfg is None else det_cfg
     v = cameras.verifier
-    if v.model_dir is None:
+    model_dir = verifier_dir if verifier_dir is not None else v.model_dir
+    if model_dir is None:
         return build_detector(det_cfg)
     cfg = parse_detector_config(det_cfg, where="cameras.detector")
     if cfg.type != "nanodet":
         raise ValueError(f"cameras.verifier: needs the nanodet detector's features, not {cfg.type!r}")
-    return VerifiedDetector(cfg, v.model_dir, min_score=v.min_score, drop=v.drop)  # type: ignore[arg-type]
+    return VerifiedDetector(cfg, model_dir, min_score=v.min_score, drop=v.drop)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from typing import Any
 
 from gridwatch.clock import SYSTEM_CLOCK, Clock
 from gridwatch.codec import decode_event, encode_event
-from gridwatch.config import CameraConfig, GridwatchConfig
+from gridwatch.config import CameraConfig, GridwatchConfig, VerifierConfig
 from gridwatch.detectors.base import Detector
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.pipeline import CameraPipeline
@@ -36,7 +36,7 @@ from gridwatch.influx import InfluxSink, health_lines, line
 from gridwatch.ingest.camera import CameraEvent, CameraReader
 from gridwatch.ingest.camera import health_lines as camera_health_lines
 from gridwatch.kafka import consumer_settings, ensure_topics, make_producer
-from gridwatch.model_registry import read_deployed
+from gridwatch.model_registry import DeployedModel, read_deployed
 from gridwatch.schemas import IncidentCandidate, IncidentCommandEvent, Location, VerifyRequest
 from gridwatch.stats import percentile
 from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES, INCIDENT_COMMANDS, VERIFY_REQUESTS
@@ -63,15 +63,28 @@ class CameraWorker:
         self.instance = instance
         cams = cfg.cameras
         needs_detector = any(f.detect for f in cams.feeds)
-        #: the registry version now running (follow_registry), and one that failed to load
+        #: the registry versions now running (follow_registry: the detector's and the verifier's
+        #: production pointers), and a pair that failed to load (not retried until a pointer moves)
         self.deployed_version: int | None = None
-        self._failed_version: int | None = None
+        self.verifier_version: int | None = None
+        self._failed: tuple[int | None, int | None] | None = None
+        self.counters = {
+            "candidates": 0,
+            "candidates_sent": 0,
+            "candidates_dropped": 0,
+            "events": 0,
+            "errors": 0,
+            "model_swaps": 0,
+            "model_swap_errors": 0,
+            "verifier_errors": 0,
+        }
         if detector is None and needs_detector:
-            deployed = read_deployed(cfg.models.registry_dir, "detector") if cams.follow_registry else None
+            d, v = self._registry_pointers()
             detector = self._build_detector(
-                self._detector_config(deployed.path) if deployed else cams.detector
+                self._detector_config(d.path) if d else cams.detector, v.path if v else None
             )
-            self.deployed_version = deployed.version if deployed else None
+            self.deployed_version = d.version if d else None
+            self.verifier_version = v.version if v else None
         self.detector = detector
         self.inference = threading.Semaphore(cams.inference_slots or os.cpu_count() or 1)
         self.evidence = EvidenceStore(cams.evidence)
@@ -89,15 +102,6 @@ class CameraWorker:
         self.verifications: dict[str, list[ZoneVerification]] = {}
         self.verified: list[tuple[str, bool]] = []
         self._verify_lock = threading.Lock()
-        self.counters = {
-            "candidates": 0,
-            "candidates_sent": 0,
-            "candidates_dropped": 0,
-            "events": 0,
-            "errors": 0,
-            "model_swaps": 0,
-            "model_swap_errors": 0,
-        }
         for feed in cams.feeds:
             self._add(feed)
         #: the shadow run (cameras.shadow): the registry's `shadow` detector, recorded, never sent
@@ -183,12 +187,33 @@ class CameraWorker:
             old.close()
 
     # --- the model registry (hot swap) ---------------------------------------------------------
-    def _build_detector(self, det_cfg: Any) -> Detector:
-        """The detector, followed by the false-alarm verifier when `cameras.verifier` names one (it
-        drops look-alikes before tracking, so they never get a track nor feed a rule)."""
-        from gridwatch.detectors.verifier import build_camera_detector
+    def _registry_pointers(self) -> tuple[DeployedModel | None, DeployedModel | None]:
+        """The registry's production detector and verifier (None each: not following, or none yet)."""
+        if not self.cfg.cameras.follow_registry:
+            return None, None
+        root = self.cfg.models.registry_dir
+        return read_deployed(root, "detector"), read_deployed(root, "verifier")
 
-        return build_camera_detector(self.cfg.cameras, det_cfg)
+    def _build_detector(self, det_cfg: Any, registry_verifier: Any = None) -> Detector:
+        """The detector, followed by the false-alarm verifier (the registry's production one, else
+        `cameras.verifier`'s) that drops look-alikes before tracking, so they never get a track nor
+        feed a rule. A registry verifier that does not fit the detector (trained on another one's
+        features, e.g. after a fine-tune was promoted) is left out, logged and counted: the promoted
+        detector runs, and `model_version` shows it runs without a verifier until one is retrained."""
+        from gridwatch.detectors.verifier import VerifierError, build_camera_detector
+
+        if registry_verifier is None:
+            return build_camera_detector(self.cfg.cameras, det_cfg)
+        try:
+            return build_camera_detector(self.cfg.cameras, det_cfg, registry_verifier)
+        except VerifierError as e:
+            self.counters["verifier_errors"] += 1
+            log.error(
+                "cameras: the registry's verifier does not fit this detector (%s); running without it", e
+            )
+            return build_camera_detector(
+                self.cfg.cameras.model_copy(update={"verifier": VerifierConfig()}), det_cfg
+            )
 
     def _detector_config(self, model_dir: Any) -> Any:
         det = self.cfg.cameras.detector
@@ -223,20 +248,23 @@ class CameraWorker:
                 except Exception:  # the shadow's pointer or files: never the production poll's problem
                     self.shadow.counters["shadow_errors"] += 1
                     log.exception("cameras: shadow registry poll failed; production continues")
-            if not cams.follow_registry:
+            if not cams.follow_registry or self.detector is None:
                 continue
-            d = read_deployed(self.cfg.models.registry_dir, "detector")
-            if d is None or d.version in (self.deployed_version, self._failed_version):
+            d, v = self._registry_pointers()
+            want = (d.version if d else self.deployed_version, v.version if v else self.verifier_version)
+            if want in ((self.deployed_version, self.verifier_version), self._failed):
                 continue
+            det_cfg = self._detector_config(d.path) if d else cams.detector
             try:
-                new = await asyncio.to_thread(self._build_detector, self._detector_config(d.path))
+                new = await asyncio.to_thread(self._build_detector, det_cfg, v.path if v else None)
             except Exception:  # a broken model must not stop the cameras: keep the running one
                 self.counters["model_swap_errors"] += 1
-                self._failed_version = d.version
-                log.exception("cameras: registry detector v%s did not load; keeping %s", d.version,
-                              self.detector.model_version if self.detector else "none")  # fmt: skip
+                self._failed = want
+                log.exception("cameras: registry detector v%s / verifier v%s did not load; keeping %s",
+                              want[0], want[1], self.detector.model_version)  # fmt: skip
                 continue
-            old = self.swap_detector(new, d.version)
+            self.verifier_version = want[1]
+            old = self.swap_detector(new, want[0])
             if old is not None:
                 await asyncio.sleep(1.0)  # let an inference that started on it finish
                 old.close()

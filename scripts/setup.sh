@@ -37,6 +37,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch (the retraining loop's fine-tune, `train` and `test` extras) as the CPU build: on PyPI the
+# Linux wheels of torch are CUDA builds of several GB; PyTorch's CPU index has the same version as
+# "2.13.0+cpu", which the pin `torch==2.13.0` accepts. Camera workers do not need torch at all.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch 2.13.0 (CPU build)"
+  .venv/bin/python -m pip install -q "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu \
+    2>&1 | grep -v "WARNING: Location" || true
+fi
 echo "setup: installing gridwatch and its Python dependencies into .venv"
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "WARNING: Location" || true
 .venv/bin/python -c "import gridwatch, faust, gmqtt, aiokafka, influxdb_client, shapely" \

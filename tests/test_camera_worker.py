@@ -19,6 +19,8 @@ from gridwatch.schemas import IncidentCandidate
 from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES
 from tests.dispatch_helpers import demo_city
 
+REPO = Path(__file__).resolve().parents[1]
+
 pytestmark = [pytest.mark.servers]
 
 
@@ -135,8 +137,8 @@ def test_footage_to_candidates_health_and_down_event(
 def test_a_promoted_detector_reaches_a_running_worker_without_restart(
     rtsp_server, footage, influxdb, influx_v2, tmp_path
 ):
-    """Issue 8 part 7: promotion and rollback in the registry reach the running camera worker;
-    frames keep being analysed, the episode already raised is not raised again, and candidates name
+    """Issue 8 part 7: promotion and rollback in the registry (detector and verifier) reach the
+    running camera worker; frames keep being analysed, the episode already raised is not raised again, and candidates name
     the model that made them."""
     import shutil
 
@@ -208,6 +210,25 @@ def test_a_promoted_detector_reaches_a_running_worker_without_restart(
             time.sleep(0.2)
         assert worker.deployed_version == 1 and pipe.detector.model_version.startswith("nanodet-g-416@")
         assert worker.counters["model_swap_errors"] == 0 and worker.counters["errors"] == 0
+
+        # the verifier follows the registry too: promoted, the cameras run detector + verifier
+        ver = reg.register(REPO / "models" / "verifier-vtest", kind="verifier")
+        reg.promote("verifier", ver.version, by="test")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and worker.verifier_version != ver.version:
+            time.sleep(0.2)
+        assert worker.verifier_version == ver.version
+        assert "+verifier@" in worker.stats()["model_version"], worker.stats()["model_version"]
+        # a fine-tuned detector promoted under it: its head (hence the verifier's features) changed,
+        # so the verifier is left out, logged and counted, and the promoted detector runs
+        bag = reg.register(REPO / "models" / "nanodet-g-416-bag", kind="detector", parent="1")
+        reg.promote("detector", bag.version, by="test")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and worker.deployed_version != bag.version:
+            time.sleep(0.2)
+        assert worker.deployed_version == bag.version and worker.counters["verifier_errors"] == 1
+        assert worker.stats()["model_version"].startswith("nanodet-g-416-bag@")
+        assert "+" not in worker.stats()["model_version"] and worker.counters["model_swap_errors"] == 0
     finally:
         if stop:
             loop.call_soon_threadsafe(stop[0].set)

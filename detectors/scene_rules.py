@@ -605,6 +605,11 @@ class CameraRules:
         for rule in self.rules:
             rule.model_version = model_version
 
+    def occupied_zones(self) -> list[str]:
+        """The zones whose rule holds an episode now (what a fresh rule state would raise again
+        after its dwell: the shadow's start record, detectors/shadow.py)."""
+        return [g.zone.id for g, rule in zip(self.geometries, self.rules, strict=True) if rule.occupied()]
+
     def zone_occupied(self, zone_id: str) -> bool:
         """Whether the rule of `zone_id` still sees the episode it raised (KeyError: no such zone)."""
         for g, rule in zip(self.geometries, self.rules, strict=True):

@@ -23,6 +23,8 @@ Records (one JSON object a line, UTC day of the frame's time):
 * `{"kind": "candidate", "role": "production"|"shadow", "camera", "ts" (frame ms), "model_version",
   "registry_version", "category", "zone", "grid_id", "candidate_id", "confidence", "observed_at",
   "boxes": {"n", "classes", "xyxy"}}`
+* `{"kind": "start", "camera", "ts", "shadow_version", "shadow_model", "open": [{"zone", "category"}]}`:
+  on the first frame of a new shadow model, the zones production's rules held an episode in then;
 * `{"kind": "cost", "camera", "from_ts", "to_ts", "production_model", "shadow_model",
   "shadow_version", "frames", "shadow_frames", "shadow_skipped", "production_ms", "production_inferences",
   "paired_production_ms", "shadow_ms", "shadow_inferences"}`: detector milliseconds summed over the
@@ -37,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +65,8 @@ __all__ = [
     "shadow_rules",
 ]
 
+#: the incident category each zone kind's rule raises (detectors/scene_rules.py)
+ZONE_CATEGORY = {"gathering": "gathering", "roadway": "road_blockage", "no_dumping": "illegal_dumping"}
 COST_INTERVAL_MS = 60_000  # a cost line per minute of frame time: small files, figures per hour
 MAX_BOXES = 20  # boxes kept per candidate record (a crowd of 200 would make a huge line)
 
@@ -87,19 +92,36 @@ def shadow_rules(rules: CameraRulesConfig, share: float) -> CameraRulesConfig:
 
 
 class ShadowBudget:
-    """Skips a shadow frame that would push the camera behind its analysed rate."""
+    """Skips a shadow frame that would push the camera behind its analysed rate.
 
-    def __init__(self, period_ms: float, alpha: float = 0.2) -> None:
+    The expected time is a moving average of the shadow's own calls. Because it only moves when the
+    shadow runs, one slow call (an ONNX session's first run, a busy moment) would otherwise skip
+    every later frame for good: after `retry_every` skips in a row one frame is tried anyway, and a
+    new model starts from no estimate (`reset`)."""
+
+    def __init__(self, period_ms: float, alpha: float = 0.2, retry_every: int = 10) -> None:
         self.period_ms = period_ms
         self.alpha = alpha
+        self.retry_every = retry_every
         self.expected_ms: float | None = None  # none yet: the first call measures it
+        self.skipped_in_a_row = 0
 
     def allows(self, production_ms: float) -> bool:
-        return self.expected_ms is None or production_ms + self.expected_ms <= self.period_ms
+        if self.expected_ms is None or production_ms + self.expected_ms <= self.period_ms:
+            return True
+        if self.skipped_in_a_row + 1 >= self.retry_every:
+            return True  # a trial call, to measure again
+        self.skipped_in_a_row += 1
+        return False
 
     def observe(self, shadow_ms: float) -> None:
         e = self.expected_ms
         self.expected_ms = shadow_ms if e is None else (1 - self.alpha) * e + self.alpha * shadow_ms
+        self.skipped_in_a_row = 0
+
+    def reset(self) -> None:
+        self.expected_ms = None
+        self.skipped_in_a_row = 0
 
 
 def _boxes(detections: sv.Detections) -> dict[str, Any]:
@@ -183,6 +205,8 @@ class _ShadowCamera:
     budget: ShadowBudget
     pipeline: CameraPipeline | None = None
     index: int = 0  # analysed frames seen while the shadow runs
+    version: int | None = None  # the registry version of this camera's shadow pipeline
+    start_pending: bool = False  # a start record is due on the next frame (a new shadow model)
     cost: _Cost = field(default_factory=_Cost)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -220,6 +244,7 @@ class ShadowRun:
         }
         self._shadow_ms = 0.0  # detector time over shadowed frames, for shadow_ms_per_frame
         self._production_ms = 0.0  # production's detector time on those same frames
+        self._counter_lock = threading.Lock()  # camera threads update the worker-wide figures
 
     @property
     def model_version(self) -> str:
@@ -240,6 +265,9 @@ class ShadowRun:
                     sc.index = 0
                 else:
                     sc.pipeline.set_detector(detector)
+                sc.version = version  # under the camera's lock: its next record names the new model
+                sc.start_pending = detector is not None
+                sc.budget.reset()
         self.detector, self.version = detector, version
         if old is not None or detector is not None:
             self.counters["shadow_swaps"] += 1
@@ -247,9 +275,17 @@ class ShadowRun:
                  detector.model_version if detector else "none", version)  # fmt: skip
         return old
 
-    def observe(self, camera_id: str, step: PipelineStep, production_ms: float) -> list[IncidentCandidate]:
+    def observe(
+        self,
+        camera_id: str,
+        step: PipelineStep,
+        production_ms: float,
+        open_zones: Callable[[], list[str]] | None = None,
+    ) -> list[IncidentCandidate]:
         """After production analysed a frame: record its candidates and, on a selected frame within
-        budget, run the shadow on the same picture; returns the shadow's candidates (recorded only)."""
+        budget, run the shadow on the same picture; returns the shadow's candidates (recorded only).
+        `open_zones`: the zones production's rules hold an episode in (written in the start record
+        of a new shadow model, so compare can tell a condition both saw from a shadow-only one)."""
         sc = self.cams.get(camera_id)
         if sc is None or self.detector is None:
             return []
@@ -261,6 +297,15 @@ class ShadowRun:
             if cost.from_ts is None:
                 cost.from_ts = step.ts_ms
             cost.to_ts = step.ts_ms
+            if sc.start_pending:
+                sc.start_pending = False
+                kinds = {z.id: z.kind for z in sc.rules.camera.zones}
+                held = open_zones() if open_zones is not None else []
+                self.recorder.write(camera_id, step.ts_ms, {
+                    "kind": "start", "camera": camera_id, "ts": step.ts_ms, "shadow_version": sc.version,
+                    "shadow_model": self.model_version,
+                    "open": [{"zone": z, "category": ZONE_CATEGORY.get(kinds.get(z, ""), "")} for z in held],
+                })  # fmt: skip
             cost.frames += 1
             cost.production_ms += step.infer_ms
             cost.production_inferences += int(step.detected)
@@ -281,16 +326,26 @@ class ShadowRun:
         self, sc: _ShadowCamera, pipe: CameraPipeline, step: PipelineStep, production_ms: float
     ) -> list[IncidentCandidate]:
         cost = sc.cost
+        # never wait for an inference slot: another camera's production inference would queue
+        # behind the shadow; holding one delays others by at most this one call
         slot = self.inference is None or self.inference.acquire(blocking=False)
         if not slot or not sc.budget.allows(production_ms):
             if slot and self.inference is not None:
                 self.inference.release()
             cost.shadow_skipped += 1
-            self.counters["shadow_skipped"] += 1
+            with self._counter_lock:
+                self.counters["shadow_skipped"] += 1
             return []
         t0 = time.perf_counter()
         try:
             s = pipe.process(step.image, step.ts_ms)  # type: ignore[arg-type]
+        except Exception:  # the shadow's bug or model: counted, logged, never production's problem
+            with self._counter_lock:
+                self.counters["shadow_errors"] += 1
+                n = self.counters["shadow_errors"]
+            if n == 1 or n % 100 == 0:  # the first and then every 100th: no log flood at 25 fps
+                log.exception("camera %s: shadow error %d; production continues", sc.camera_id, n)
+            return []
         finally:
             if self.inference is not None:
                 self.inference.release()
@@ -299,15 +354,16 @@ class ShadowRun:
         cost.shadow_ms += s.infer_ms
         cost.shadow_inferences += int(s.detected)
         cost.paired_production_ms += step.infer_ms
-        self.counters["shadow_frames"] += 1
-        self._shadow_ms += s.infer_ms
-        self._production_ms += step.infer_ms
+        with self._counter_lock:
+            self.counters["shadow_frames"] += 1
+            self.counters["shadow_candidates"] += len(s.candidates)
+            self._shadow_ms += s.infer_ms
+            self._production_ms += step.infer_ms
         for c in s.candidates:
-            self.counters["shadow_candidates"] += 1
             self.recorder.write(
                 sc.camera_id,
                 step.ts_ms,
-                candidate_record("shadow", c, step.ts_ms, s.detections, self.version),
+                candidate_record("shadow", c, step.ts_ms, s.detections, sc.version),
             )
             log.info("camera %s: shadow candidate %s %s in zone %s (recorded, not dispatched)",
                      sc.camera_id, c.category.value, c.candidate_id, c.details.get("zone_id"))  # fmt: skip

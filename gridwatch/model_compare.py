@@ -49,6 +49,8 @@ PERSON_SOURCES = ("citizen", "patrol")
 class Records:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)
+    #: one per camera and shadow start: the zones production held an episode in at that moment
+    starts: list[dict[str, Any]] = field(default_factory=list)
     bad_lines: int = 0
 
 
@@ -83,7 +85,13 @@ def read_records(
                 out.candidates.append(r)
             elif r.get("kind") == "cost":
                 out.costs.append(r)
+            elif r.get("kind") == "start":
+                out.starts.append(r)
     return out
+
+
+def _key(r: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return (r.get("camera"), r.get("category"), r.get("zone"))
 
 
 def pair_candidates(
@@ -91,23 +99,64 @@ def pair_candidates(
 ) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(pairs, production only, shadow only): a production and a shadow candidate pair when they
     have the same camera, category and zone and were raised (frame time) within `window_ms`; each
-    is paired at most once: in time order, each production candidate takes the nearest free one."""
-    key = lambda r: (r.get("camera"), r.get("category"), r.get("zone"))  # noqa: E731
-    free: dict[Any, list[dict[str, Any]]] = {}
-    for s in sorted(shadow, key=lambda r: r["ts"]):
-        free.setdefault(key(s), []).append(s)
+    is paired at most once. Per key, production candidates in time order each take the EARLIEST
+    free shadow candidate in their window: on a line with a fixed window that gives the most pairs
+    (taking the nearest one can leave a later production candidate without the one it needed)."""
+    by_key: dict[Any, list[dict[str, Any]]] = {}
+    for r in shadow:
+        by_key.setdefault(_key(r), []).append(r)
+    for v in by_key.values():
+        v.sort(key=lambda r: r["ts"])
+    used: set[int] = set()
+    start: dict[Any, int] = dict.fromkeys(by_key, 0)
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     prod_only: list[dict[str, Any]] = []
     for p in sorted(production, key=lambda r: r["ts"]):
-        near = [s for s in free.get(key(p), []) if abs(s["ts"] - p["ts"]) <= window_ms]
-        if not near:
+        k = _key(p)
+        cands = by_key.get(k, [])
+        i = start.get(k, 0)
+        while i < len(cands) and cands[i]["ts"] < p["ts"] - window_ms:
+            i += 1  # too early for this one, hence for every later production candidate too
+        start[k] = i
+        match = next(
+            (
+                j
+                for j in range(i, len(cands))
+                if id(cands[j]) not in used and cands[j]["ts"] <= p["ts"] + window_ms
+            ),
+            None,
+        )
+        if match is None:
             prod_only.append(p)
             continue
-        best = min(near, key=lambda s: abs(s["ts"] - p["ts"]))
-        free[key(p)].remove(best)
-        pairs.append((p, best))
-    shadow_only = sorted((s for v in free.values() for s in v), key=lambda r: r["ts"])
+        used.add(id(cands[match]))
+        pairs.append((p, cands[match]))
+    shadow_only = sorted((r for v in by_key.values() for r in v if id(r) not in used), key=lambda r: r["ts"])
     return pairs, prod_only, shadow_only
+
+
+def carried_over(
+    shadow_only: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]], carry_ms: int
+) -> list[dict[str, Any]]:
+    """The shadow-only candidates that are a condition production already held when the shadow
+    started: a shadow starts with empty rules, so the van parked for an hour is raised again by the
+    shadow after its own dwell. Such a candidate (same camera, category and zone as an episode
+    production held at the shadow's start, raised within `carry_ms` of that start, by the version
+    that started) is agreement, not shadow-only."""
+    out = []
+    for r in shadow_only:
+        mine = [
+            st for st in starts
+            if st.get("camera") == r.get("camera") and st.get("shadow_version") == r.get("registry_version")
+            and st["ts"] <= r["ts"]
+        ]  # fmt: skip
+        if not mine:
+            continue
+        st = max(mine, key=lambda x: x["ts"])
+        held = {(o.get("category"), o.get("zone")) for o in st.get("open", [])}
+        if r["ts"] - st["ts"] <= carry_ms and (r.get("category"), r.get("zone")) in held:
+            out.append(r)
+    return out
 
 
 @dataclass(frozen=True)
@@ -163,43 +212,30 @@ def compare_records(
     carry_s: float = 180.0,
 ) -> dict[str, Any]:
     """The compare report over records (and verdicts, if any). `shadow_version`: only that registry
-    version's shadow candidates and cost windows; with it, a shadow candidate raised within
-    `carry_s` of the shadow's start for a condition production raised before that start is counted
-    as agreement (`carried_over`), not as shadow-only."""
+    version's shadow candidates, cost windows and start records, production's candidates in that
+    version's time on the same camera, and person-reported misses made while it ran. A shadow
+    candidate raised within `carry_s` of the shadow's start for an episode production held at that
+    start is agreement (`carried_over`), not shadow-only."""
     costs = records.costs
     shadow = [r for r in records.candidates if r.get("role") == "shadow"]
-    earlier: list[dict[str, Any]] = []
-    starts: dict[str, int] = {}
+    starts = records.starts
+    spans: dict[Any, list[tuple[int, int]]] = {}
     if shadow_version is not None:
         shadow = [r for r in shadow if r.get("registry_version") == shadow_version]
         costs = [c for c in costs if c.get("shadow_version") == shadow_version]
-        # production over the same stretch of time, so both sides had the same chance
-        spans = [(c["from_ts"], c["to_ts"]) for c in costs if c.get("camera")]
+        starts = [st for st in starts if st.get("shadow_version") == shadow_version]
+        # production over the same stretch of time on the same camera, so both had the same chance
+        for c in costs:
+            spans.setdefault(c.get("camera"), []).append((c["from_ts"], c["to_ts"]))
         production = [
             r for r in records.candidates
-            if r.get("role") == "production" and any(a <= r["ts"] <= b for a, b in spans)
-        ]  # fmt: skip
-        for c in costs:
-            cam = c.get("camera")
-            if cam:
-                starts[cam] = min(starts.get(cam, c["from_ts"]), c["from_ts"])
-        earlier = [
-            r for r in records.candidates
-            if r.get("role") == "production" and r["ts"] < starts.get(r.get("camera"), r["ts"])
+            if r.get("role") == "production" and any(a <= r["ts"] <= b for a, b in spans.get(r.get("camera"), []))
         ]  # fmt: skip
     else:
         production = [r for r in records.candidates if r.get("role") == "production"]
     pairs, prod_only, shadow_only = pair_candidates(production, shadow, int(window_s * 1000))
-    # A shadow starts with empty rules: a condition production raised before it started (the van
-    # still parked) is raised again by the shadow after its own dwell. Within `carry_s` of its
-    # start that is the same condition seen by both, not a shadow-only candidate.
-    key = lambda r: (r.get("camera"), r.get("category"), r.get("zone"))  # noqa: E731
-    raised_before = {key(r) for r in earlier}
-    carried = [
-        s for s in shadow_only
-        if key(s) in raised_before and s["ts"] - starts.get(s.get("camera"), s["ts"]) <= carry_s * 1000
-    ]  # fmt: skip
-    shadow_only = [s for s in shadow_only if s not in carried]
+    carried = carried_over(shadow_only, starts, int(carry_s * 1000))
+    shadow_only = [r for r in shadow_only if not any(r is c for c in carried)]
     report: dict[str, Any] = {
         "window_s": window_s,
         "cameras": sorted({r["camera"] for r in records.candidates} | {c["camera"] for c in costs}),
@@ -230,6 +266,10 @@ def compare_records(
     kept = [p for p, _ in pairs if p["candidate_id"] in fa]
     grids = {r.get("grid_id") for r in records.candidates if r.get("grid_id")}
     missed = [m for m in verdicts.missed if m.grid_id in grids]
+    if spans:  # only reports the shadow had a chance to catch: made while it ran
+        lo_ts = min(a for v in spans.values() for a, _ in v)
+        hi_ts = max(b for v in spans.values() for _, b in v)
+        missed = [m for m in missed if lo_ts <= m.reported_at <= hi_ts + int(window_s * 1000)]
     lo = int(miss_window_s * 1000)
     hi = int(window_s * 1000)
     caught = [

@@ -75,15 +75,18 @@ class LoopReport:
 
 
 def register_bundled_production(registry_dir: Path) -> int:
-    """Before the cameras start: the bundled detector as registry version 1, `production`, so the
-    swap later in the loop is one the camera worker follows (cameras.follow_registry)."""
-    from gridwatch.model_registry import ModelRegistry
+    """Before the cameras start: the bundled detector registered and `production` (unless the
+    registry already has a production detector), so the swap later in the loop is one the camera
+    worker follows (cameras.follow_registry). Returns the production version."""
+    from gridwatch.model_registry import ModelRegistry, RegistryError
 
     reg = ModelRegistry(registry_dir)
-    if not reg.versions("detector"):
+    try:
+        return reg.get("detector", "production").version
+    except RegistryError:
         v = reg.register(BUNDLED_DETECTOR, kind="detector", description="bundled NanoDet-g 416 (COCO)")
         reg.promote("detector", v.version, by="demo", reason="the bundled detector")
-    return 1
+        return v.version
 
 
 def demo_loop_overrides(workdir: Path) -> dict[str, Any]:
@@ -215,9 +218,10 @@ def run_loop(pipe: LocalPipeline, console: Console, *, workdir: Path, cameras: b
 
         held = state["held_frames"]
         quiet = Console(file=io.StringIO())
-        prod = run_frame_eval(held.path, BUNDLED_DETECTOR, pipe.cfg, console=quiet)
+        production = reg.get("detector", "production")
+        prod = run_frame_eval(held.path, production.path, pipe.cfg, console=quiet)
         new = run_frame_eval(held.path, state["detector_dir"], pipe.cfg, console=quiet)
-        reg.record_metrics("detector", 1, frames_metrics(prod))
+        reg.record_metrics("detector", production.version, frames_metrics(prod))
         v = reg.record_metrics("detector", state["detector"].version, frames_metrics(new))
         state["detector"] = v
 
@@ -277,13 +281,14 @@ def run_loop(pipe: LocalPipeline, console: Console, *, workdir: Path, cameras: b
 
         v = state["detector"]
         gate = "passed the gate"
+        worse = reg.worse_than_production("detector", v)
         try:
             reg.promote("detector", v.version, by="demo")
-        except PromotionRefused as e:
-            worse = "; ".join(line.strip() for line in str(e).splitlines()[1:-1])
+        except PromotionRefused:
+            # what an engineer would do after reading the refusal: force it, saying why (recorded)
             reason = "demo: the new class is worth it; the figures it loses are recorded"
             reg.promote("detector", v.version, by="demo", force=True, reason=reason)
-            gate = f"refused by the gate ({worse}), then forced with a recorded reason"
+            gate = f"refused by the gate ({'; '.join(worse)}), then forced with a recorded reason"
         want = f"@{v.sha256[:12]}"
         deadline = time.monotonic() + 20 + 3 * pipe.cfg.cameras.registry_poll_s
         running = camera_model_version(pipe)
@@ -298,13 +303,16 @@ def run_loop(pipe: LocalPipeline, console: Console, *, workdir: Path, cameras: b
             + ("" if ok else " (it did not swap in time)"),
         )
 
-    st.run("1 dataset from verdicts", dataset)
-    if "verdicts" in state:
+    # each stage runs only if the one it builds on succeeded: a model that was not evaluated is
+    # never put in shadow nor promoted
+    if st.run("1 dataset from verdicts", dataset):
         st.run("2 verifier retrain", verifier)
-    if "verdicts" in state:
-        st.run("3 detector fine-tune", finetune) and st.run("4 evaluation beside production", evaluate)
-    if "detector" in state and cameras:
-        st.run("5 shadow run", shadow) and st.run("6 promotion, hot swap", promote)
+        if (
+            st.run("3 detector fine-tune", finetune)
+            and st.run("4 evaluation beside production", evaluate)
+            and cameras
+        ):
+            st.run("5 shadow run", shadow) and st.run("6 promotion, hot swap", promote)
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.json").write_text(
         json.dumps(st.report.as_dict(), indent=1, default=str), encoding="utf-8"

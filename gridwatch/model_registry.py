@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -255,18 +256,30 @@ class ModelRegistry:
         )
         return self._to_version(kind, mv, self._aliases(kind))
 
-    def record_metrics(self, kind: str, ref: str | int, metrics: dict[str, float]) -> ModelVersion:
+    def record_metrics(
+        self, kind: str, ref: str | int, metrics: dict[str, float], *, by: str = ""
+    ) -> ModelVersion:
         """Add figures to an existing version: a new standard set was evaluated on it (e.g. the
         production model, before a candidate trained with a new class is compared with it).
         Figures it already has are never changed: the registry's record of a version is append-only."""
         v = self.get(kind, ref)
+        bad = sorted(k for k, val in metrics.items() if not math.isfinite(float(val)))
+        if bad:
+            raise RegistryError(f"{kind} v{v.version}: not a number: {', '.join(bad)}")
         clash = sorted(k for k in metrics if k in v.metrics and v.metrics[k] != float(metrics[k]))
         if clash:
             raise RegistryError(f"{kind} v{v.version}: already has other figures for {', '.join(clash)}")
         run_id = self.client.get_model_version(kind, str(v.version)).run_id
-        for k, val in metrics.items():
-            if k not in v.metrics:
-                self.client.log_metric(run_id, k, float(val))
+        added = sorted(k for k in metrics if k not in v.metrics)
+        for k in added:
+            self.client.log_metric(run_id, k, float(metrics[k]))
+        if added:  # the gate's inputs changed: the history says when, and which sets
+            self._record(
+                kind,
+                {"op": "metrics", "alias": None, "version": v.version, "previous": None, "by": by,
+                 "reason": f"{len(added)} figures of {', '.join(sorted({k.split('.')[0] for k in added}))}",
+                 "forced": False, "worse": []},
+            )  # fmt: skip
         return self.get(kind, v.version)
 
     def versions(self, kind: str) -> list[ModelVersion]:

@@ -59,6 +59,11 @@ def test_register_promote_gate_force_rollback(reg: ModelRegistry, tmp_path: Path
     assert reg.record_metrics("detector", 1, {"frames.person.ap50": 0.8}).metrics["frames.person.ap50"] == 0.8
     with pytest.raises(RegistryError, match=r"already has other figures for frames.person.ap50"):
         reg.record_metrics("detector", 1, {"frames.person.ap50": 0.9})
+    with pytest.raises(RegistryError, match=r"not a number: frames.car.ap50"):
+        reg.record_metrics("detector", 1, {"frames.car.ap50": float("nan")})
+    assert (
+        reg.history("detector")[-1]["op"] == "metrics" and "frames" in reg.history("detector")[-1]["reason"]
+    )
     assert reg.record_metrics("detector", 2, {"frames.person.ap50": 0.7}).metrics["frames.person.ap50"] == 0.7
     with pytest.raises(PromotionRefused, match=r"frames.person.ap50: 0.8 \(v1\) -> 0.7"):
         reg.promote("detector", 2)

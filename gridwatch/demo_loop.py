@@ -9,7 +9,7 @@ Runs after the dispatch loop, while the camera worker keeps analysing the campus
 3. **detector**: a short head-only fine-tune teaches the detector a class it lacks (`bag`,
    dumped sacks) on composited frames of the same camera, and is registered;
 4. **evaluation beside production**: frame-level AP of both detectors on held-out frames of
-   another view (the mirrored camera), so the gain and what was kept are figures;
+   the mirrored view (same scene, other draws), so the gain and what was kept are figures;
 5. **shadow**: the new detector runs beside production on the live camera; its candidates are
    recorded, never dispatched; `models compare` reports agreement and cost;
 6. **promotion**: through the registry's gate (a forced promotion needs a recorded reason);
@@ -190,7 +190,7 @@ def run_loop(pipe: LocalPipeline, console: Console, *, workdir: Path, cameras: b
         from gridwatch.train.detector import registry_metrics, train_detector
 
         # the campus camera's own scene with people, vehicles and dumped sacks pasted in, every
-        # object labelled (docs/EVALUATION.md); the mirrored view is held out (another camera)
+        # object labelled (docs/EVALUATION.md); the mirrored view is held out (the same scene flipped, not another camera)
         train = composite_dataset(
             datasets, "campus-bags", images=FT_IMAGES, seed=1, layout="native", split="train"
         )

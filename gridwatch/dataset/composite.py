@@ -27,9 +27,10 @@ the lawn, present since the first frame) is scenery, not a dumped object: it is 
 Objects are placed so that no two boxes overlap by more than `MAX_OVERLAP` of the smaller one
 (labels stay what is visible) and pasted far to near. Every draw comes from
 `numpy.random.default_rng([seed, layout, index])`: the same seed, layout and footage give the same
-COCO file and the same JPEG bytes, and image k does not depend on how many images are made.
+COCO file and, with the same OpenCV build (its video decoder and libjpeg), the same JPEG bytes;
+image k does not depend on how many images are made.
 Layouts: `native` (768x576 as recorded) and `mirror` (flipped left-right, boxes mirrored; with its
-own draws: the held-out "other camera").
+own draws: a held-out view of the same scene, not another camera).
 """
 
 from __future__ import annotations

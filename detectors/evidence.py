@@ -20,6 +20,12 @@ For the retraining loop (issue 8, docs/DATASETS.md) a candidate's snapshot also 
 attached as two more `EvidenceRef`s after the annotated snapshot (which stays `evidence[0]`: the
 console and the team pushes show the first). Their kinds are "frame" and "detections";
 `gridwatch.dataset.hard_examples.evidence_role()` tells the three apart (also by the file names).
+
+For misses (an operator's `missed` command: camera X showed it at T, no detector raised it) the
+camera worker keeps a `FrameRing` per camera: the last `recent_frames_s` of analysed frames,
+JPEG-encoded in memory with the detections the pipeline had on each, bounded in bytes too
+(`recent_frames_max_mb`); `resolve_frame_request` (pure) says whether a request for time T is
+filled from it, can never be (older than the ring, a gap), or must wait for frames to come.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,9 @@ __all__ = [
     "FRAME_SUFFIX",
     "EvidenceConfig",
     "EvidenceStore",
+    "FrameRing",
+    "RingFrame",
+    "resolve_frame_request",
     "attach_evidence",
     "detections_to_json",
     "evidence_role",
@@ -96,6 +108,22 @@ class EvidenceConfig(BaseModel):
         description="Also store each candidate's raw frame (`<name>.frame.jpg`, no drawings) and its "
         "detections (`<name>.detections.json`) beside the annotated snapshot, for the retraining "
         "loop's datasets (docs/DATASETS.md). Off: only the annotated snapshot.",
+    )
+    recent_frames_s: float = Field(
+        120,
+        ge=0,
+        le=3600,
+        title="Recent frames kept (s)",
+        description="Each camera keeps its analysed frames of the last this many seconds in memory "
+        "(JPEG, with their detections), so an operator's `missed` report (docs/DISPATCH.md) gets the "
+        "frame it names. 0: none kept (a miss is then marked frame_unavailable).",
+    )
+    recent_frames_max_mb: float = Field(
+        32,
+        gt=0,
+        title="Recent frames memory (MB per camera)",
+        description="Bound on one camera's recent frames; past it the oldest go first (counted as "
+        "`recent_frames_evicted_memory`), so the ring covers less than `recent_frames_s`.",
     )
 
 
@@ -319,3 +347,106 @@ def detections_to_json(
 def attach_evidence(candidate: IncidentCandidate, refs: Sequence[EvidenceRef]) -> IncidentCandidate:
     """A copy of the (frozen) candidate with `refs` appended to its evidence."""
     return candidate.model_copy(update={"evidence": [*candidate.evidence, *refs]})
+
+
+@dataclass(frozen=True)
+class RingFrame:
+    """One analysed frame kept in memory: raw JPEG (the analysed size) and its detections."""
+
+    ts_ms: int
+    jpeg: bytes
+    width: int
+    height: int
+    detections: sv.Detections
+    """The detector's full output for the frame (the last inference: between inferences the last
+    detections stand, as in the pipeline)."""
+    tracked: sv.Detections
+    model_version: str | None
+
+    def sidecar(self, name: str, camera_id: str, file: str = "frame.jpg") -> dict[str, Any]:
+        """The frame's detections in DETECTIONS_FORMAT (like a candidate's sidecar)."""
+        return {
+            "format": DETECTIONS_FORMAT,
+            "version": 1,
+            "candidate_id": name,
+            "camera_id": camera_id,
+            "ts_ms": self.ts_ms,
+            "model_version": self.model_version,
+            "image": {"file": file, "width": self.width, "height": self.height},
+            "source": "detector",
+            "detections": detections_to_json(self.detections, tracked=self.tracked),
+        }
+
+
+class FrameRing:
+    """A camera's recent analysed frames, oldest first, bounded by age and by bytes. Thread-safe:
+    the camera thread adds, the worker's request loop reads."""
+
+    def __init__(self, keep_s: float, max_bytes: int) -> None:
+        self.keep_ms = int(keep_s * 1000)
+        self.max_bytes = max_bytes
+        self._frames: deque[RingFrame] = deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.added = 0
+        self.evicted_age = 0
+        self.evicted_memory = 0
+
+    def add(self, frame: RingFrame) -> None:
+        with self._lock:
+            self._frames.append(frame)
+            self._bytes += len(frame.jpeg)
+            self.added += 1
+            while self._frames and self._frames[0].ts_ms < frame.ts_ms - self.keep_ms:
+                self._bytes -= len(self._frames.popleft().jpeg)
+                self.evicted_age += 1
+            while len(self._frames) > 1 and self._bytes > self.max_bytes:
+                self._bytes -= len(self._frames.popleft().jpeg)
+                self.evicted_memory += 1
+
+    def snapshot(self) -> list[RingFrame]:
+        with self._lock:
+            return list(self._frames)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+def resolve_frame_request(
+    frames: Sequence[RingFrame], at_ms: int, period_ms: int, now_ms: int, keep_ms: int
+) -> tuple[str, RingFrame | None, str]:
+    """What to do with a request for the frame at `at_ms` (pure): ("fill", frame, ""), the frame
+    nearest `at_ms` within one analysed period; ("unavailable", None, reason) when the ring cannot
+    ever hold it; ("wait", None, "") when frames around `at_ms` may still arrive."""
+    if keep_ms <= 0:
+        return "unavailable", None, "this camera keeps no recent frames (cameras.evidence.recent_frames_s: 0)"
+    near = [f for f in frames if abs(f.ts_ms - at_ms) <= period_ms]
+    if near:
+        return "fill", min(near, key=lambda f: (abs(f.ts_ms - at_ms), f.ts_ms)), ""
+    if frames and at_ms < frames[0].ts_ms:
+        return (
+            "unavailable",
+            None,
+            (
+                f"older than the camera's recent frames (oldest kept: {_utc(frames[0].ts_ms)}, "
+                f"asked: {_utc(at_ms)})"
+            ),
+        )
+    if frames and frames[-1].ts_ms > at_ms + period_ms:
+        return (
+            "unavailable",
+            None,
+            f"no analysed frame within {period_ms} ms of {_utc(at_ms)} (the camera was down?)",
+        )
+    if now_ms - at_ms > keep_ms:
+        # nothing came since: the camera is down, or the worker started after that moment
+        return (
+            "unavailable",
+            None,
+            f"no frame of the camera around {_utc(at_ms)} (down, or not yet analysed then)",
+        )
+    return "wait", None, ""

@@ -31,6 +31,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import supervision as sv
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -124,16 +125,45 @@ def build_eval_detector(model_dir: Path, detector_config: Any, score_threshold: 
 
 
 # --- scoring --------------------------------------------------------------------------------------
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of `a` [n, 4] with every box of `b` [m, 4] (xyxy)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+def check_coco(coco: dict[str, Any], path: Path) -> None:
+    """What the evaluation reads of a COCO file, checked up front: every problem names the file and
+    the field (`images[3].file_name: missing`), never a KeyError half-way through the images."""
+
+    def bad(where: str, problem: str) -> FrameEvalError:
+        return FrameEvalError(f"{path}: {where}: {problem}")
+
+    for k in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(k), list):
+            raise bad(k, "a list is needed")
+    names: dict[str, int] = {}
+    ids: set[int] = set()
+    for i, c in enumerate(coco["categories"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+            raise bad(f"categories[{i}]", "needs an integer id and a name")
+        if c["name"] in names or c["id"] in ids:
+            raise bad(f"categories[{i}]", f"{c['name']!r} (id {c['id']}) is there twice")
+        names[c["name"]] = c["id"]
+        ids.add(c["id"])
+    image_ids: set[int] = set()
+    for i, im in enumerate(coco["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int):
+            raise bad(f"images[{i}].id", "missing or not an integer")
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            raise bad(f"images[{i}].file_name", "missing")
+        image_ids.add(im["id"])
+    for i, a in enumerate(coco["annotations"]):
+        if not isinstance(a, dict):
+            raise bad(f"annotations[{i}]", "not an object")
+        if a.get("image_id") not in image_ids:
+            raise bad(f"annotations[{i}].image_id", f"{a.get('image_id')!r} is no image of the file")
+        if a.get("category_id") not in ids:
+            raise bad(f"annotations[{i}].category_id", f"{a.get('category_id')!r} is no category of the file")
+        b = a.get("bbox")
+        if (
+            not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b))
+            or min(b[2:]) < 0
+        ):
+            raise bad(f"annotations[{i}].bbox", f"{b!r} is not [x, y, width, height]")
 
 
 def false_alarms(
@@ -142,7 +172,7 @@ def false_alarms(
     """(true positives, false alarms, misses) of one image and class: detections taken best score
     first, each matched to the unmatched ground-truth box it overlaps most if IoU >= `iou`."""
     order = np.argsort(-scores, kind="stable")
-    ious = _iou(det[order], gt)
+    ious = sv.box_iou_batch(det[order], gt)
     used = np.zeros(len(gt), bool)
     tp = 0
     for i in range(len(order)):
@@ -223,9 +253,7 @@ def run_frame_eval(
         raise FrameEvalError(str(e)) from None
     except (OSError, ValueError) as e:
         raise FrameEvalError(f"{dataset_dir}: cannot read annotations.coco.json: {e}") from None
-    for k in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(k), list):
-            raise FrameEvalError(f"{dataset_dir / 'annotations.coco.json'}: {k}: a list is needed")
+    check_coco(coco, dataset_dir / "annotations.coco.json")
     missing = [im["file_name"] for im in coco["images"] if not (ds.images_dir / im["file_name"]).is_file()]
     if missing:
         raise FrameEvalError(f"{ds.images_dir}: {len(missing)} image(s) missing, e.g. {missing[0]}")
@@ -238,6 +266,12 @@ def run_frame_eval(
         detector = build_eval_detector(model_dir, det_cfg, map_threshold)
     else:
         model_dir, model_ref = Path(str(model)), str(model)
+        given = getattr(getattr(detector, "config", None), "score_threshold", None)
+        if given is not None and float(given) > map_threshold:
+            raise FrameEvalError(
+                f"detector: score_threshold {given} is above the evaluation's {map_threshold}: "
+                "mAP needs the low-scoring detections too"
+            )
     model_names = list(detector.class_names)
     cat_by_name = {c["name"]: c["id"] for c in coco["categories"]}
     name_by_cat = {v: k for k, v in cat_by_name.items()}

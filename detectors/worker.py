@@ -24,11 +24,13 @@ import time
 from collections import deque
 from typing import Any
 
+import cv2
+
 from gridwatch.clock import SYSTEM_CLOCK, Clock
 from gridwatch.codec import decode_event, encode_event
 from gridwatch.config import CameraConfig, GridwatchConfig, VerifierConfig
 from gridwatch.detectors.base import Detector
-from gridwatch.detectors.evidence import EvidenceStore
+from gridwatch.detectors.evidence import EvidenceStore, FrameRing, RingFrame, resolve_frame_request
 from gridwatch.detectors.pipeline import CameraPipeline
 from gridwatch.detectors.shadow import ShadowRecorder, ShadowRun
 from gridwatch.detectors.verification import ZoneVerification
@@ -88,6 +90,20 @@ class CameraWorker:
         self.detector = detector
         self.inference = threading.Semaphore(cams.inference_slots or os.cpu_count() or 1)
         self.evidence = EvidenceStore(cams.evidence)
+        #: missed reports (docs/DISPATCH.md): each camera's recent analysed frames, and the counts
+        #: of the frame requests it answered
+        self.recent_frames: dict[str, FrameRing] = {
+            f.source.id: FrameRing(
+                cams.evidence.recent_frames_s, int(cams.evidence.recent_frames_max_mb * 2**20)
+            )
+            for f in cams.feeds
+            if cams.evidence.recent_frames_s > 0
+        }
+        self.frame_request_poll_s = 2.0
+        self.counters.update(
+            missed_frames_filled=0, missed_frames_unavailable=0, missed_frame_errors=0,
+            recent_frames_evicted_age=0, recent_frames_evicted_memory=0, recent_frames_bytes=0,
+        )  # fmt: skip
         self.kafka = kafka
         self.readers: dict[str, CameraReader] = {}
         self.pipelines: dict[str, CameraPipeline] = {}
@@ -283,8 +299,9 @@ class CameraWorker:
                         self._verify(cid, pipe, frame.ts_ms)
                     for c in step.candidates:
                         self._emit_candidate(c, frame.ts_ms)
+                    self._remember_frame(cid, step)
                     if self.shadow is not None:  # after production's candidates are on their way
-                        self.shadow.observe(cid, step, production_ms)
+                        self.shadow.observe(cid, step, production_ms, pipe.rules.occupied_zones)
             except Exception:  # a bug on one camera must not stop the others: log, count, go on
                 self.counters["errors"] += 1
                 log.exception("camera %s: pipeline error; continuing", cid)
@@ -412,6 +429,85 @@ class CameraWorker:
 
         loop.call_soon_threadsafe(put)
 
+    # --- missed reports: recent frames and frame requests (docs/DATASETS.md) -------------------
+    def _remember_frame(self, cid: str, step: Any) -> None:
+        """Keep the analysed frame (JPEG) with its detections in the camera's ring. A failure here
+        costs a miss its frame, never the camera its analysis: logged and counted."""
+        ring = self.recent_frames.get(cid)
+        if ring is None or step.image is None:
+            return
+        try:
+            ok, buf = cv2.imencode(
+                ".jpg", step.image, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.cameras.evidence.jpeg_quality]
+            )
+            if not ok:
+                raise OSError("cv2.imencode failed")
+            pipe = self.pipelines[cid]
+            h, w = step.image.shape[:2]
+            ring.add(
+                RingFrame(step.ts_ms, bytes(buf.tobytes()), int(w), int(h), pipe.last_detections,
+                          step.detections, pipe.detector.model_version if pipe.detector else None)
+            )  # fmt: skip
+        except Exception:
+            self.counters["missed_frame_errors"] += 1
+            log.exception("camera %s: could not keep the frame for missed reports", cid)
+
+    def answer_frame_requests(self) -> dict[str, int]:
+        """One pass over the hard-example store's frame requests for this worker's cameras: fill
+        each from the camera's ring, or mark it unavailable, or leave it for the next pass (frames
+        around its time may still come). Requests for other cameras are left alone."""
+        from gridwatch.dataset.hard_examples import HardExampleStore
+
+        done = {"filled": 0, "unavailable": 0, "waiting": 0}
+        hx = self.cfg.dispatch.hard_examples_dir
+        if hx is None:
+            return done
+        store = HardExampleStore(hx)
+        periods = {f.source.id: int(1000 / f.source.analysed_fps) for f in self.cfg.cameras.feeds}
+        keep_ms = int(self.cfg.cameras.evidence.recent_frames_s * 1000)
+        now = self.clock.now_ms()
+        for req in store.frame_requests(self.readers):
+            ring = self.recent_frames.get(req.camera_id)
+            try:
+                action, frame, why = resolve_frame_request(
+                    ring.snapshot() if ring is not None else [], req.at_ms, periods[req.camera_id], now,
+                    keep_ms if ring is not None else 0,
+                )  # fmt: skip
+                if action == "fill":
+                    assert frame is not None
+                    side = frame.sidecar(req.example_id, req.camera_id)
+                    store.fill_frame(req, frame.jpeg, side, frame.ts_ms)
+                    self.counters["missed_frames_filled"] += 1
+                    done["filled"] += 1
+                    log.info("camera %s: frame at %d for missed example %s (asked %d)",
+                             req.camera_id, frame.ts_ms, req.example_id, req.at_ms)  # fmt: skip
+                elif action == "unavailable":
+                    store.mark_frame_unavailable(req, why)
+                    self.counters["missed_frames_unavailable"] += 1
+                    done["unavailable"] += 1
+                    log.warning(
+                        "camera %s: no frame for missed example %s: %s", req.camera_id, req.example_id, why
+                    )
+                else:
+                    done["waiting"] += 1
+            except Exception:  # one bad request must not stop the others: it stays, is retried
+                self.counters["missed_frame_errors"] += 1
+                log.exception("camera %s: frame request %s failed", req.camera_id, req.example_id)
+        rings = self.recent_frames.values()
+        self.counters["recent_frames_evicted_age"] = sum(r.evicted_age for r in rings)
+        self.counters["recent_frames_evicted_memory"] = sum(r.evicted_memory for r in rings)
+        self.counters["recent_frames_bytes"] = sum(r.bytes for r in rings)
+        return done
+
+    async def _frame_requests_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.frame_request_poll_s)
+            try:
+                await asyncio.to_thread(self.answer_frame_requests)
+            except Exception:  # the store's directory away: retried at the next pass
+                self.counters["missed_frame_errors"] += 1
+                log.exception("cameras: frame requests pass failed")
+
     # --- lifecycle ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -431,6 +527,8 @@ class CameraWorker:
         log.info("cameras: ready (%d cameras, detector %s)", len(self.readers),
                  self.detector.model_version if self.detector else "none")  # fmt: skip
         tasks = [asyncio.create_task(self._health(stop))]
+        if self.cfg.dispatch.hard_examples_dir is not None:
+            tasks.append(asyncio.create_task(self._frame_requests_loop(stop)))
         if (self.cfg.cameras.follow_registry and self.detector is not None) or self.shadow is not None:
             tasks.append(asyncio.create_task(self._follow_registry(stop)))
         if producer is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from gridwatch.dataset.store import DatasetVersion, write_version
 from gridwatch.detectors.frame_eval import (
     FrameEvalError,
     build_eval_detector,
+    check_coco,
     false_alarms,
     frames_metrics,
     resolve_model,
@@ -248,3 +250,27 @@ def test_bad_input_exit_2_naming_the_path(tmp_path):
     assert code == 2 and "detector:latest" in out
     code, out = _cli("dataset", "composite", "x", "--to", str(tmp_path), "--images", "1", "--layout", "small")
     assert code == 2 and "--layout" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["images"][0].pop("file_name"), "images[0].file_name: missing"),
+        (lambda c: c["annotations"][0].update(image_id=999), "annotations[0].image_id: 999 is no image"),
+        (lambda c: c["annotations"][0].update(bbox=[1, 2, 3]), "annotations[0].bbox: [1, 2, 3] is not"),
+        (
+            lambda c: c["categories"].append(dict(c["categories"][0])),
+            "categories[1]: 'person' (id 1) is there twice",
+        ),
+    ],
+)
+def test_a_broken_coco_file_is_refused_naming_the_field(change, message):
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    check_coco(coco, Path("x/annotations.coco.json"))  # the unchanged file is fine
+    change(coco)
+    with pytest.raises(FrameEvalError, match=re.escape(f"x/annotations.coco.json: {message}")):
+        check_coco(coco, Path("x/annotations.coco.json"))

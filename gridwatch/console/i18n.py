@@ -254,6 +254,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "cmd_merge": ("合并", "Merge"),
     "cmd_merged_in": ("并入", "Merged in"),
     "cmd_note": ("备注", "Note"),
+    "cmd_missed": ("漏检", "Missed by a camera"),
     "cmd_review": ("待审核", "Held for review"),
     "by_fusion": ("自动融合", "fusion"),
     "by_deadline": ("时限计时", "deadline clock"),
@@ -264,6 +265,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "n_merged_into": ("已合并到 {id}", "merged into {id}"),
     "n_merged_from": ("由 {id}（{cat}）并入 {n} 个来源", "merged from {id} ({cat}): {n} source(s)"),
     "n_category": ("类别 {a} → {b}", "category {a} -> {b}"),
+    "n_missed": ("摄像头 {cam} 于 {at} 漏检", "missed by camera {cam} at {at}"),
     "n_source": ("{kind} {id}：{summary}", "{kind} {id}: {summary}"),
     "n_severity": ("（等级 {a} → {b}）", " (severity {a} -> {b})"),
     "n_by_hand": ("人工升级", "escalated by hand"),
@@ -315,6 +317,8 @@ _NOTES: list[tuple[re.Pattern[str], Callable[[Lang, re.Match[str]], str]]] = [
      lambda L, m: t(L, "n_source", kind=tv(L, "src", m[1]), id=m[2], summary=m[3])
      + (t(L, "n_severity", a=tv(L, "sev", m[4]), b=tv(L, "sev", m[5])) if m[4] else "")),
     (re.compile(r"escalated by hand"), lambda L, m: t(L, "n_by_hand")),
+    (re.compile(r"missed by camera (\S+) at (\S+?)(?:: (.*))?"),
+     lambda L, m: t(L, "n_missed", cam=m[1], at=m[2]) + (f": {m[3]}" if m[3] else "")),
 ]  # fmt: skip
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from gridwatch.dataset.errors import DatasetError
-from gridwatch.dataset.sampler import _iou
 from gridwatch.dataset.store import DatasetVersion, Progress, renumber, write_version
+from gridwatch.detectors.tracking import box_iou
 
 __all__ = ["import_coco"]
 
@@ -206,7 +206,7 @@ def import_coco(
                 nb = n["bbox"]
                 redrawn = any(
                     name == n.get("category")
-                    and _iou(
+                    and box_iou(
                         [nb[0], nb[1], nb[0] + nb[2], nb[1] + nb[3]], [b[0], b[1], b[0] + b[2], b[1] + b[3]]
                     )
                     >= 0.5

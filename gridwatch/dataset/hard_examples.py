@@ -22,6 +22,19 @@ later calls a false alarm ends as a false alarm).
 Writes are idempotent (same candidate, same verdict: nothing new) and atomic (temporary file +
 rename), so a retried command or a replay never leaves half an example. Sensor and citizen
 sources are not stored: they carry no picture to learn from.
+
+A **miss** (verdict `missed`: an operator says camera X showed, at time T, what the incident is
+about and no detector raised it) has no candidate and no frame yet. `record_missed` writes its
+example (`candidate_id` = the example id `missed-<incident>-<camera>-<T>`, `frame_status`
+"requested") and a frame request
+
+    <root>/frame-requests/<example_id>.json          {"format": FRAME_REQUEST_FORMAT, "example_id",
+                                                      "incident_id", "camera_id", "at_ms", ...}
+
+that the camera worker running camera X answers from its ring of recent frames
+(detectors/evidence.py `FrameRing`): `fill_frame` (frame.jpg + detections.json, `frame_status`
+"filled") or `mark_frame_unavailable` (`frame_status` "unavailable" with the reason); both remove
+the request, so every request ends filled or marked.
 """
 
 from __future__ import annotations
@@ -41,17 +54,22 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DETECTIONS_SUFFIX",
+    "FRAME_REQUEST_FORMAT",
     "FRAME_SUFFIX",
     "VERDICTS",
+    "FrameRequest",
     "HardExample",
     "HardExampleStore",
     "SourceRecord",
     "evidence_role",
 ]
 
-VERDICTS = ("false_alarm", "confirmed", "verified")
+VERDICTS = ("false_alarm", "confirmed", "verified", "missed")
 """false_alarm: dismissed (in review or by the team); confirmed: dispatched after review;
-verified: closed after a verified resolution (the incident was real)."""
+verified: closed after a verified resolution (the incident was real); missed: visible on a camera
+at a time, and no detector raised it (an operator's `missed` command)."""
+
+FRAME_REQUEST_FORMAT = "gridwatch-frame-request"
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -122,12 +140,153 @@ class HardExample:
         return json.loads(p.read_text(encoding="utf-8")) if p is not None and p.is_file() else None
 
 
+@dataclass(frozen=True)
+class FrameRequest:
+    """A missed example waiting for its camera's frame at `at_ms`."""
+
+    path: Path
+    example_id: str
+    incident_id: str
+    camera_id: str
+    at_ms: int
+    requested_at_ms: int
+
+
+def missed_example_id(incident_id: str, camera_id: str, at_ms: int) -> str:
+    """One example per incident, camera and moment: the same report twice is one example."""
+    return _SAFE.sub("_", f"missed-{incident_id}-{camera_id}-{at_ms}")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class HardExampleStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.examples_dir = self.root / "examples"
+        self.requests_dir = self.root / "frame-requests"
         self.written = 0
         self.errors = 0
+
+    # --- misses: an example without a frame yet, and its frame request ----------------------------
+    def record_missed(
+        self,
+        *,
+        incident_id: str,
+        camera_id: str,
+        at_ms: int,
+        category: str,
+        grid_id: str | None,
+        by: str,
+        verdict_at_ms: int,
+        note: str = "",
+    ) -> Path | None:
+        """The example of a miss and its frame request; None when it exists already (a repeated
+        report of the same camera and moment: the first stands)."""
+        eid = missed_example_id(incident_id, camera_id, at_ms)
+        d = self.examples_dir / eid
+        path = d / "example.json"
+        if path.is_file():
+            return None
+        d.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": 1,
+            "candidate_id": eid,
+            "incident_id": incident_id,
+            "camera_id": camera_id,
+            "zone_id": None,
+            "zone_kind": None,
+            "category": category,
+            "confidence": None,
+            "rule": None,
+            "model_version": None,
+            "observed_at": at_ms,
+            "box": None,
+            "track_ids": None,
+            "details": {"grid_id": grid_id, "note": note},
+            "evidence": [],
+            "frame": None,
+            "detections": None,
+            "verdict": {"label": "missed", "by": by, "at_ms": verdict_at_ms, "reason": note},
+            "history": [],
+            "grid_id": grid_id,
+            "note": note,
+            "frame_status": "requested",
+            "frame_reason": None,
+            "frame_ts_ms": None,
+        }
+        # the example first: a worker that sees the request always finds the example to update (a
+        # crash in between leaves an example "requested" without a request: visible, counted by the
+        # sampler as missed_frame_requested, never a request the worker would throw away)
+        _write_json(path, data)
+        self.requests_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            self.requests_dir / f"{eid}.json",
+            {"format": FRAME_REQUEST_FORMAT, "version": 1, "example_id": eid, "incident_id": incident_id,
+             "camera_id": camera_id, "at_ms": at_ms, "requested_at_ms": verdict_at_ms},
+        )  # fmt: skip
+        self.written += 1
+        log.info("hard example %s: missed by %s at %d (frame requested)", eid, camera_id, at_ms)
+        return path
+
+    def frame_requests(self, camera_ids: Iterable[str] | None = None) -> list[FrameRequest]:
+        """Pending frame requests (of these cameras only, if given), oldest moment first. An
+        unreadable request file is logged and left for a person (never silently removed)."""
+        if not self.requests_dir.is_dir():
+            return []
+        wanted = set(camera_ids) if camera_ids is not None else None
+        out = []
+        for p in sorted(self.requests_dir.glob("*.json")):
+            try:
+                r = json.loads(p.read_text(encoding="utf-8"))
+                req = FrameRequest(
+                    p, str(r["example_id"]), str(r["incident_id"]), str(r["camera_id"]), int(r["at_ms"]),
+                    int(r.get("requested_at_ms") or 0),
+                )  # fmt: skip
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("hard-example store: unreadable frame request %s: %s", p, e)
+                continue
+            if wanted is None or req.camera_id in wanted:
+                out.append(req)
+        return sorted(out, key=lambda q: (q.at_ms, q.example_id))
+
+    def _update_missed(self, req: FrameRequest, upd: dict[str, Any]) -> Path | None:
+        path = self.examples_dir / req.example_id / "example.json"
+        if not path.is_file():
+            log.warning("hard-example store: frame request %s has no example; removed", req.path.name)
+            req.path.unlink(missing_ok=True)
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data.update(upd)
+        _write_json(path, data)
+        req.path.unlink(missing_ok=True)  # after the example says how it ended
+        return path
+
+    def fill_frame(
+        self, req: FrameRequest, jpeg: bytes, detections: dict[str, Any], frame_ts_ms: int
+    ) -> Path | None:
+        """Answer a request with the camera's raw frame (JPEG bytes) and its detections sidecar
+        (detectors/evidence.py DETECTIONS_FORMAT); removes the request. None: no such example."""
+        d = self.examples_dir / req.example_id
+        if d.is_dir():
+            tmp = d / f"frame.jpg.tmp{os.getpid()}"
+            tmp.write_bytes(jpeg)
+            os.replace(tmp, d / "frame.jpg")
+            _write_json(d / "detections.json", detections)
+        return self._update_missed(
+            req,
+            {"frame": "frame.jpg", "detections": "detections.json", "frame_status": "filled",
+             "frame_reason": None, "frame_ts_ms": frame_ts_ms,
+             "model_version": detections.get("model_version")},
+        )  # fmt: skip
+
+    def mark_frame_unavailable(self, req: FrameRequest, reason: str) -> Path | None:
+        """The camera has no frame for the request (older than its ring, a gap): recorded on the
+        example, the request removed."""
+        return self._update_missed(req, {"frame_status": "unavailable", "frame_reason": reason})
 
     def record(
         self,

@@ -5,6 +5,7 @@ then caps. An example is picked when any strategy picks it; its `reason` is the 
 in this priority order (which is also the order the caps are filled in):
 
     false_alarm     verdict false_alarm                                    share: false_alarm_share (1)
+    missed          verdict missed, with the frame its camera filled in    share: missed_share (1)
     near_threshold  confirmed/verified with a detection whose confidence
                     lies in [threshold, threshold + near_margin)           share: near_threshold_share (1)
     positive        confirmed/verified                                     share: positive_share (0.5)
@@ -32,6 +33,11 @@ Labels (pseudo labels: the detector's boxes, `extra.pseudo = true`):
   The other detections of the frame stay (people walking past are still people).
 * false_alarm of an aggregate rule (gathering, road_blockage_occupancy): the verdict is about a
   count, not about what the boxes are; every detection stays and nothing is negative.
+* missed (an operator: camera X showed it at T, no detector raised it): every detection of the
+  frame stays, and the missed object is listed in `extra.unlabelled` without a box (category,
+  camera, time, the operator's note): an annotator must box it. A miss whose camera could not give
+  the frame (or has not yet) is skipped and counted (`missed_frame_unavailable`,
+  `missed_frame_requested`).
 """
 
 from __future__ import annotations
@@ -48,10 +54,11 @@ from gridwatch.dataset.errors import DatasetError
 from gridwatch.dataset.hard_examples import HardExample, HardExampleStore
 from gridwatch.dataset.labels import LabelMap
 from gridwatch.dataset.store import DatasetVersion, Progress, check_name, renumber, versions, write_version
+from gridwatch.detectors.tracking import box_iou
 
 __all__ = ["OBJECT_RULES", "STRATEGIES", "SamplerParams", "label_example", "sample"]
 
-STRATEGIES = ("false_alarm", "near_threshold", "positive", "random")
+STRATEGIES = ("false_alarm", "missed", "near_threshold", "positive", "random")
 OBJECT_RULES = frozenset({"illegal_dumping", "road_blockage_still"})
 """Rules whose candidate is about one object: a false alarm says that object was not what it seemed."""
 NEGATIVE_IOU = 0.5
@@ -75,6 +82,13 @@ class SamplerParams(BaseModel):
     )
     false_alarm_share: float = Field(
         1.0, ge=0, le=1, title="False-alarm share", description="Share of false alarms picked."
+    )
+    missed_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        title="Missed share",
+        description="Share of misses (with their frame) picked: what the detector did not see.",
     )
     near_threshold_share: float = Field(
         1.0,
@@ -117,13 +131,6 @@ def _draw(seed: int, tag: str, key: str) -> float:
     """A uniform number in [0, 1) from (seed, tag, key): deterministic, order-independent."""
     d = hashlib.sha256(f"{seed}|{tag}|{key}".encode()).digest()
     return int.from_bytes(d[:8], "big") / 2**64
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _xywh(xyxy: list[float], w: int, h: int) -> list[float]:
@@ -174,7 +181,7 @@ def label_example(
         xyxy = [float(v) for v in det["xyxy"][:4]]
         is_rule_object = object_rule and (
             (det.get("tracker_id") is not None and det.get("tracker_id") in track_ids)
-            or _iou(xyxy, [float(v) for v in rule_box[:4]]) >= NEGATIVE_IOU
+            or box_iou(xyxy, [float(v) for v in rule_box[:4]]) >= NEGATIVE_IOU
         )
         matched_rule_object |= is_rule_object
         bbox = _xywh(xyxy, w, h)
@@ -221,6 +228,18 @@ def label_example(
             )
         else:
             unlabelled.append({"bbox": box, "why": f"{rule}'s object has no detector box: label it"})
+    if verdict == "missed":
+        # no box: the operator named a camera and a moment, not a place in the picture
+        unlabelled.append(
+            {
+                "bbox": None,
+                "category": data.get("category"),
+                "camera_id": data.get("camera_id"),
+                "at_ms": data.get("observed_at"),
+                "note": data.get("note") or data["verdict"].get("reason") or "",
+                "why": "missed: no detector raised it; an annotator must box it",
+            }
+        )
     observed = int(data.get("observed_at") or side.get("ts_ms") or 0)
     image = {
         "width": w,
@@ -260,6 +279,9 @@ def _reason(ex: HardExample, side: dict[str, Any], p: SamplerParams) -> str | No
     if ex.verdict == "false_alarm":
         if _draw(p.seed, "false_alarm", cid) < p.false_alarm_share:
             return "false_alarm"
+    elif ex.verdict == "missed":
+        if _draw(p.seed, "missed", cid) < p.missed_share:
+            return "missed"
     else:
         if _uncertain(side, p) and _draw(p.seed, "near_threshold", cid) < p.near_threshold_share:
             return "near_threshold"
@@ -309,7 +331,10 @@ def sample(
     sides: dict[str, dict[str, Any]] = {}
     for k, ex in enumerate(examples):
         side = ex.detections() if ex.frame_path is not None else None
-        if ex.frame_path is None:
+        if ex.frame_path is None and ex.verdict == "missed":
+            # its camera could not give the frame (older than its ring), or has not yet
+            skipped[f"missed_frame_{ex.data.get('frame_status') or 'requested'}"] += 1
+        elif ex.frame_path is None:
             skipped["no_raw_frame"] += 1
         elif side is None:
             skipped["no_detections"] += 1

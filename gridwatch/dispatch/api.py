@@ -9,6 +9,8 @@ alias from real annotation objects.)
     POST /api/v1/incidents/{id}/verify         supervisor / operator: closure verification
     POST /api/v1/incidents/{id}/escalate       operator / supervisor: push it up the ladder by hand
     POST /api/v1/incidents/{id}/redispatch     operator / supervisor: assign a returned incident
+    POST /api/v1/incidents/{id}/missed         operator / supervisor: camera X showed it at T and no
+                                               detector raised it (a hard example; any state but merged)
     GET  /api/v1/deliveries?status=failed      push deliveries and their attempts
     GET  /open311/v2/services.json             Open311 GeoReport v2: what citizens may report
     POST /open311/v2/requests.json             a citizen report (hotline 12345, apps) -> the same loop
@@ -35,7 +37,7 @@ from sqlalchemy import select
 from gridwatch.config import ApiCredential
 from gridwatch.dispatch.core import DispatchCore
 from gridwatch.dispatch.ledger import UnknownIncident, incident_dict
-from gridwatch.dispatch.machine import Command, CommandKind, IllegalTransition
+from gridwatch.dispatch.machine import Command, CommandKind, IllegalTransition, InvalidParams
 from gridwatch.dispatch.models import IncidentRow, IncidentSourceRow
 from gridwatch.dispatch.routing import NoRoute
 from gridwatch.schemas import Category, IncidentCandidate, Location, Severity, SourceKind
@@ -87,7 +89,8 @@ class Caller(BaseModel):
 
 Action = Literal["read", "team_command", "verify", "escalate", "redispatch", "report", "review", "note"]
 
-REVIEW_COMMANDS = {"confirm", "recategorise", "merge"}
+REVIEW_COMMANDS = {"confirm", "recategorise", "merge", "missed"}
+"""The centre's judgements of a machine's work: a miss too (operators and supervisors only)."""
 
 
 def command_action(command: str, state: str | None = None) -> Action | None:
@@ -136,6 +139,12 @@ class CommandBody(BaseModel):
     ok: bool | None = Field(None, description="Verification result (verify).")
     category: str | None = Field(None, max_length=64, description="Corrected category (recategorise).")
     into: str | None = Field(None, max_length=128, description="Incident to merge into (merge).")
+    camera_id: str | None = Field(
+        None, max_length=128, description="The camera that showed it and raised nothing (missed)."
+    )
+    at_ms: int | None = Field(
+        None, description="When it was visible on that camera, epoch ms (missed; not in the future)."
+    )
 
 
 def build_api(
@@ -193,6 +202,8 @@ def build_api(
             res = await run(lambda: core.command(iid, cmd))
         except UnknownIncident as e:
             raise HTTPException(404, str(e)) from None
+        except InvalidParams as e:  # wrong in any state: the request, not the incident
+            raise HTTPException(422, str(e)) from None
         except IllegalTransition as e:
             raise HTTPException(409, str(e)) from None
         except KeyError as e:  # unknown target node
@@ -264,7 +275,8 @@ def build_api(
     @app.post("/api/v1/incidents/{incident_id}/{command}", tags=["incidents"])
     async def command(incident_id: str, command: str, body: CommandBody, who: Auth) -> dict[str, Any]:
         """Team commands (acknowledge, arrive, resolve, reject, transfer, false_alarm), review
-        decisions (confirm, recategorise, merge; false_alarm while pending review dismisses) and notes."""
+        decisions (confirm, recategorise, merge; false_alarm while pending review dismisses), misses
+        (`camera_id`, `at_ms`, `note`) and notes."""
         known = TEAM_COMMANDS | REVIEW_COMMANDS | {"note"}
         if command not in known:
             raise HTTPException(404, f"unknown command {command!r} (one of: {', '.join(sorted(known))})")
@@ -279,6 +291,10 @@ def build_api(
             raise HTTPException(422, "merge needs `into` (an incident id)")
         if command == "note" and not body.note:
             raise HTTPException(422, "note needs `note`")
+        if command == "missed" and (not body.camera_id or body.at_ms is None):
+            raise HTTPException(
+                422, "missed needs `camera_id` (a camera of the config) and `at_ms` (epoch ms it was visible)"
+            )
         return await do(incident_id, CommandKind(command), who, body)
 
     @app.get("/api/v1/deliveries", tags=["pushes"])

@@ -17,7 +17,15 @@ from gridwatch.clock import Clock
 from gridwatch.config import GridwatchConfig
 from gridwatch.dataset.hard_examples import HardExampleStore, SourceRecord
 from gridwatch.dispatch.ledger import ApplyResult, Ledger, StoredCandidate
-from gridwatch.dispatch.machine import TERMINAL_STATES, Command, CommandKind, IllegalTransition, State
+from gridwatch.dispatch.machine import (
+    TERMINAL_STATES,
+    Command,
+    CommandKind,
+    IllegalTransition,
+    InvalidParams,
+    State,
+    missed_params,
+)
 from gridwatch.dispatch.push import build_outbox
 from gridwatch.dispatch.routing import NoRoute, Router
 from gridwatch.schemas import Category, IncidentCandidate, Severity
@@ -42,6 +50,7 @@ class DispatchStats:
     held_for_review: int = 0
     hard_examples: int = 0
     hard_example_errors: int = 0
+    missed_reports: int = 0
 
 
 class DispatchCore:
@@ -131,6 +140,8 @@ class DispatchCore:
         try:
             if cmd.kind is CommandKind.RECATEGORISE:
                 cmd = self._rerouted(incident_id, cmd)
+            if cmd.kind is CommandKind.MISSED:
+                self._known_camera(cmd)
             res = self.ledger.apply(incident_id, cmd, self.clock.now_ms(), self.router.plan, self.outbox)
         except Exception:
             self.stats.commands_refused += 1
@@ -147,6 +158,10 @@ class DispatchCore:
                     self.fusion.reopen(incident_id)
                 elif cmd.kind is CommandKind.RECATEGORISE:
                     self.fusion.recategorise(incident_id, Category(str(cmd.params["category"])))
+            if cmd.kind is CommandKind.MISSED:
+                self.stats.missed_reports += 1
+                self._record_missed(incident_id, cmd, tr.at_ms)
+                return res
             verdict = {
                 State.FALSE_ALARM: "false_alarm",
                 State.CLOSED: "verified",
@@ -176,6 +191,33 @@ class DispatchCore:
             "platform": route.rule.platform,
         }
         return dataclasses.replace(cmd, params=params)
+
+    def _known_camera(self, cmd: Command) -> None:
+        """A miss names a camera of this config: its worker is the one that can fill the frame."""
+        cam = cmd.params.get("camera_id")
+        known = sorted(f.source.id for f in self.cfg.cameras.feeds)
+        if isinstance(cam, str) and cam.strip() and cam.strip() not in known:
+            raise InvalidParams(
+                f"missed: params.camera_id {cam!r} is not a camera of this config "
+                f"(cameras.feeds: {', '.join(known) or 'none'})"
+            )
+
+    def _record_missed(self, incident_id: str, cmd: Command, at_ms: int) -> None:
+        """The example of a miss (no frame yet) and its frame request for the camera worker. Like
+        `_label`, a failure is logged and counted and never undoes the audited command."""
+        if self.hard_examples is None:
+            return
+        try:
+            cam, seen_at, note = missed_params(cmd.params, at_ms)
+            row = self.ledger.incident_row(incident_id)
+            written = self.hard_examples.record_missed(
+                incident_id=incident_id, camera_id=cam, at_ms=seen_at, category=row.category,
+                grid_id=row.grid_id, by=cmd.by, verdict_at_ms=at_ms, note=note,
+            )  # fmt: skip
+            self.stats.hard_examples += written is not None
+        except Exception:
+            self.stats.hard_example_errors += 1
+            log.exception("hard-example store: could not record the miss on %s", incident_id)
 
     def _label(self, incident_id: str, verdict: str, cmd: Command, at_ms: int) -> None:
         """An operator's verdict labels the incident's camera sources for retraining. A failure

@@ -11,7 +11,9 @@ An incident is dispatched to a node of the ladder (a grid first, usually) and mo
 to look first (`review: always`, or a confidence below `auto_min_confidence`): no clock runs, no
 team is told, the team does not see it (its chain is empty). `confirm` dispatches it with fresh
 clocks; `recategorise` corrects its category (the caller re-routes it); `false_alarm` dismisses
-it; `merge` folds it into another incident. `note` adds a line to the audit trail in any state.
+it; `merge` folds it into another incident. `note` adds a line to the audit trail in any state;
+`missed` (an operator: a camera showed what no detector raised) likewise, also after closure, but not
+on a merged incident.
 
 Escalation does not change the state's kind: when the pending step's deadline passes in silence,
 the incident moves one level up the ladder (grid -> community -> town -> district), the new level
@@ -45,6 +47,7 @@ __all__ = [
     "CommandKind",
     "IllegalTransition",
     "Incident",
+    "InvalidParams",
     "State",
     "Step",
     "Transition",
@@ -112,6 +115,7 @@ class CommandKind(StrEnum):
     RECATEGORISE = "recategorise"
     MERGE = "merge"
     NOTE = "note"
+    MISSED = "missed"
 
 
 Actor = Literal["team", "system", "operator", "supervisor", "camera"]
@@ -184,6 +188,42 @@ class IllegalTransition(ValueError):
     """A command that the incident's current state does not allow. The message says why."""
 
 
+class InvalidParams(IllegalTransition):
+    """A command whose parameters are wrong whatever the state (the message names the field)."""
+
+
+MISSED_MAX_AGE_MS = 7 * 86_400_000
+"""A miss is reported at most this long after the moment it was visible: an operator's memory
+(and any recording) of an older scene is not a label to trust."""
+MISSED_CLOCK_SKEW_MS = 5_000
+"""How far in the future `at_ms` may lie (an operator's browser clock a little ahead)."""
+
+
+def missed_params(params: Mapping[str, Any], now_ms: int) -> tuple[str, int, str]:
+    """`camera_id`, `at_ms`, `note` of a missed command, checked (not whether the camera exists:
+    the caller knows the cameras). Raises InvalidParams naming the field."""
+    cam = params.get("camera_id")
+    if not isinstance(cam, str) or not cam.strip():
+        raise InvalidParams("missed needs params.camera_id (the camera on which it was visible)")
+    at = params.get("at_ms")
+    if isinstance(at, bool) or not isinstance(at, int):
+        raise InvalidParams(f"missed: params.at_ms must be epoch milliseconds (an integer), not {at!r}")
+    if at > now_ms + MISSED_CLOCK_SKEW_MS:
+        raise InvalidParams(f"missed: params.at_ms {at} is {(at - now_ms) / 1000:.0f} s in the future")
+    if at < now_ms - MISSED_MAX_AGE_MS:
+        raise InvalidParams(
+            f"missed: params.at_ms {at} is {(now_ms - at) / 86_400_000:.1f} days ago "
+            f"(at most {MISSED_MAX_AGE_MS // 86_400_000} days)"
+        )
+    return cam.strip(), at, str(params.get("note") or "").strip()
+
+
+def _utc_iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 class Plan:
     """What the machine needs from routing and the city model, as plain callables.
 
@@ -246,7 +286,12 @@ def _centre_only(cmd: Command) -> None:
 def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[Incident, Transition]:
     """Apply one command. Pure: returns the new incident and the transition to audit."""
     st = incident.state
-    if st in TERMINAL_STATES and cmd.kind not in (CommandKind.ESCALATE, CommandKind.NOTE):
+    if st is State.MERGED and cmd.kind is CommandKind.MISSED:
+        raise IllegalTransition(
+            f"incident {incident.incident_id}: is merged; report the miss on the incident it merged into"
+        )
+    # a miss is often noticed after closure: it labels the footage, it does not reopen anything
+    if st in TERMINAL_STATES and cmd.kind not in (CommandKind.ESCALATE, CommandKind.NOTE, CommandKind.MISSED):
         raise IllegalTransition(
             f"incident {incident.incident_id}: is {st.value}; no further {cmd.kind.value} is possible"
         )
@@ -374,6 +419,11 @@ def apply(incident: Incident, cmd: Command, now_ms: int, plan: Plan) -> tuple[In
             note = str(cmd.params.get("note") or "").strip()
             if not note:
                 raise IllegalTransition("note needs params.note")
+        case CommandKind.MISSED:
+            # audited like a note (the state stays); the caller records the hard example
+            _centre_only(cmd)
+            cam, at, text = missed_params(cmd.params, now_ms)
+            note = f"missed by camera {cam} at {_utc_iso(at)}" + (f": {text}" if text else "")
         case CommandKind.ESCALATE:
             return _escalate(incident, cmd, now_ms, plan)
         case _:  # pragma: no cover - enum is closed

@@ -38,6 +38,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import supervision as sv
 import torch
 import yaml
 
@@ -292,17 +293,6 @@ def head_detections(
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    aa = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    ab = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(aa[:, None] + ab[None] - inter, 1e-9)
-
-
 def ap50(dets: Sequence[tuple[np.ndarray, np.ndarray]], gts: Sequence[np.ndarray]) -> dict[str, Any]:
     """COCO-style AP at IoU 0.5 of one class (101-point interpolated precision; greedy matching,
     best score first, each ground-truth box once), and recall / precision at the cameras' 0.35.
@@ -312,7 +302,7 @@ def ap50(dets: Sequence[tuple[np.ndarray, np.ndarray]], gts: Sequence[np.ndarray
     for (boxes, scores), gt in zip(dets, gts, strict=True):
         order = np.argsort(-scores, kind="stable")
         used = np.zeros(len(gt), bool)
-        iou = _iou(boxes[order], gt)
+        iou = sv.box_iou_batch(boxes[order], gt)
         for k, j in enumerate(order):
             m = -1
             if len(gt):
@@ -357,7 +347,7 @@ def _agreement(parent: list[tuple[np.ndarray, np.ndarray, np.ndarray]], child: l
         for (pb, ps, pc), (cb, cs, cc) in zip(parent, child, strict=True):
             p = pb[(pc == c) & (ps >= CAMERA_SCORE_THRESHOLD)]
             q = cb[(cc == c) & (cs >= CAMERA_SCORE_THRESHOLD)]
-            iou = _iou(p, q)
+            iou = sv.box_iou_batch(p, q)
             n_parent += len(p)
             matched += int((iou >= MATCH_IOU).any(1).sum()) if len(q) else 0
             child_only += int((~(iou >= MATCH_IOU).any(0)).sum()) if len(p) else len(q)

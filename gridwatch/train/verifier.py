@@ -31,6 +31,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import supervision as sv
 
 from gridwatch.dataset.errors import DatasetError
 from gridwatch.dataset.labels import LabelMap
@@ -100,19 +101,6 @@ class FeatureSet:
         )
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def _xyxy(bbox: list[float]) -> list[float]:
     return [bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]]
 
@@ -148,12 +136,12 @@ def dataset_features(
             if img_anns:
                 boxes = np.array([_xyxy(a["bbox"]) for a in img_anns], np.float64)
                 cls = np.array([labels.name_of_coco_id(a["category_id"]) for a in img_anns], object)
-                iou = _iou_matrix(d.xyxy.astype(np.float64), boxes)
+                iou = sv.box_iou_batch(d.xyxy.astype(np.float64), boxes)
                 pos = ((iou >= MATCH_IOU) & (names[:, None] == cls[None, :])).any(axis=1)
             negs = (im.get("extra") or {}).get("negatives") or []
             if negs:
                 boxes = np.array([_xyxy(n["bbox"]) for n in negs], np.float64)
-                iou = _iou_matrix(d.xyxy.astype(np.float64), boxes)
+                iou = sv.box_iou_batch(d.xyxy.astype(np.float64), boxes)
                 same = np.array(
                     [[n.get("category") in (None, name) for n in negs] for name in names], bool
                 ).reshape(len(d), len(negs))

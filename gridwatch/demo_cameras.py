@@ -6,7 +6,7 @@ a gathering zone. Their candidates go through the same fusion, routing and dispa
 sensors'; when a team resolves one, the same camera verifies the zone (reopening it if the crowd
 or the van is still there).
 
-The campus road's gathering limit is deliberately tight (more than 2 people for 8 s): walkers
+The campus road's gathering limit is deliberately tight (more than 1 person for 8 s): walkers
 passing by trip it within the demo's minute, the team on site dismisses it as a false alarm, and
 that verdict is what the retraining loop at the end of the demo starts from (gridwatch/demo_loop.py).
 """
@@ -49,7 +49,7 @@ def demo_camera_overrides(server: RtspServer, city: CityModel, evidence_dir: Pat
             "rules": {
                 "camera": {"camera_id": "cam-campus", "frame_size": [768, 576], "zones": [
                     {"kind": "gathering", "id": "campus-road", "label": "校园路", "grid_id": g1.id,
-                     "polygon": [[0, 230], [768, 230], [768, 576], [0, 576]], "max_people": 2, "dwell_s": 8},
+                     "polygon": [[0, 230], [768, 230], [768, 576], [0, 576]], "max_people": 1, "dwell_s": 8},
                     {"kind": "roadway", "id": "kerb", "label": "路边车道", "grid_id": g1.id,
                      "polygon": [[520, 80], [768, 80], [768, 300], [520, 300]], "dwell_s": 20},
                 ]},

@@ -242,10 +242,21 @@ def influx2() -> Influx2Settings:
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Outside pytest's base temp dir on purpose: the server runs as the `postgres` user, which must
+    traverse to its data directory, and every new pytest session resets /tmp/pytest-of-<user> to
+    mode 0700: a second test session on the machine would otherwise pull the directory from under
+    this server (it PANICs: pg_control: Permission denied)."""
+    import shutil
+    import tempfile
+
     from gridwatch.devservers.postgres import PostgresServer
 
-    with _running(PostgresServer(tmp_path_factory.mktemp("postgres"))) as server:
-        yield server
+    workdir = Path(tempfile.mkdtemp(prefix="gridwatch-test-postgres-"))
+    try:
+        with _running(PostgresServer(workdir)) as server:
+            yield server
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

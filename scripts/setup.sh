@@ -42,8 +42,10 @@ fi
 # "2.13.0+cpu", which the pin `torch==2.13.0` accepts. Camera workers do not need torch at all.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch 2.13.0 (CPU build)"
-  .venv/bin/python -m pip install -q "torch==2.13.0" --extra-index-url https://download.pytorch.org/whl/cpu \
-    2>&1 | grep -v "WARNING: Location" || true
+  # --no-deps: only torch itself is looked up on that index; its dependencies come with the
+  # install below, from the usual index (one lookup each, not one per index)
+  .venv/bin/python -m pip install -q --no-deps "torch==2.13.0" \
+    --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 | grep -v "WARNING: Location" || true
 fi
 echo "setup: installing gridwatch and its Python dependencies into .venv"
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "WARNING: Location" || true

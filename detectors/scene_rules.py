@@ -421,6 +421,11 @@ class DumpingRule(_ZoneRule):
         self.registry = StillObjectRegistry(forget_s=z.clear_s)
         self.episodes: list[_LeftEpisode] = []
         self.visits: deque[int] = deque()
+        #: when this rule started watching, and where the detector saw left-object classes in its
+        #: first `scenery_s`: those places are scenery for the detector path
+        self.watch_start: int | None = None
+        self.scenery: list[Box] = []
+        self.owned: list[Box] = []  # first seen with someone: not scenery
 
     def occupied(self) -> bool:
         return bool(self.episodes)
@@ -444,9 +449,19 @@ class DumpingRule(_ZoneRule):
         bag_boxes: list[Box] = []
         obs: list[_LeftObservation] = []
         tids = detections.tracker_id
+        if self.watch_start is None:
+            self.watch_start = ts_ms
+        learning_scenery = ts_ms - self.watch_start < int(z.scenery_s * 1000)
         for i in _one_per_object(np.flatnonzero(bag_sel), names, detections):
             b = _box(xyxy[i])
             bag_boxes.append(b)
+            known = any(_same_place(b, s) for s in (*self.scenery, *self.owned))
+            if learning_scenery and not known:
+                # first sight while the rule learns the scene: part of it, unless someone is carrying
+                # it or standing right at it (then it is theirs, and left when they go)
+                (self.owned if self._attended(b, visitor_boxes) else self.scenery).append(b)
+            if any(_same_place(b, s) for s in self.scenery):
+                continue  # still confirms a background blob (bag_boxes), never a left object itself
             tid = int(tids[i]) if tids is not None and tids[i] >= 0 else None
             conf = float(detections.confidence[i]) if detections.confidence is not None else 1.0
             o = self.registry.observe(ts_ms, z.id, str(names[i]), b, tid, conf)

@@ -27,7 +27,9 @@ from shapely.geometry import Polygon
 from gridwatch.schemas import SENSOR_ID_PATTERN, Location, Severity
 
 VEHICLE_CLASSES = ("car", "truck", "bus", "motorcycle", "bicycle")
-BAG_CLASSES = ("backpack", "suitcase", "handbag")
+# COCO's bag-like classes, and `bag`: what a fine-tuned detector names a dumped sack or box
+# (docs/TRAINING.md: a new class in a reused slot, named by the model's label map)
+BAG_CLASSES = ("backpack", "suitcase", "handbag", "bag")
 
 
 class ZoneKind(StrEnum):
@@ -267,7 +269,17 @@ class NoDumpingZone(_ZoneBase):
     object_classes: list[str] = Field(
         default_factory=lambda: list(BAG_CLASSES),
         title="Object classes",
-        description="Detector classes that confirm a left object (COCO has no 'rubbish bag').",
+        description="Detector classes of left objects: they confirm a background blob, and a still one "
+        "is a left object by itself (COCO has no 'rubbish bag'; a fine-tuned model's `bag` is one).",
+    )
+    scenery_s: float = Field(
+        10.0,
+        ge=0,
+        le=3_600,
+        title="Scenery window",
+        description="Objects the detector sees in the zone within this many seconds of the camera starting to "
+        "watch are part of the scene (litter, a bin, a parked bag), never raised: the detector's "
+        "counterpart of the background model's first frames. 0: none.",
     )
     visitor_classes: list[str] = Field(
         default_factory=lambda: ["person", *VEHICLE_CLASSES],

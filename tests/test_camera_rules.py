@@ -380,19 +380,52 @@ def test_dumping_ignores_attended_oversized_and_global_change_frames_and_scores_
 def test_dumping_detector_path_and_confirmation():
     rule = DumpingRule(CAM, geo(dump_zone()))
     frames = []
-    for k in range(80):
+    for k in range(110):
         ms = k * STEP_MS
-        items = [(jitter(BAG, k), "suitcase")]
-        if ms < 3_000:
+        items = []
+        if ms >= 12_000:  # after the rule's first 10 s (its scenery window)
+            items.append((jitter(BAG, k), "suitcase"))
+        if 12_000 <= ms < 15_000:
             items.append(person(300, 330))  # its owner walks off
         d = dets(items, list(range(1, len(items) + 1)))
-        frames.append((T0 + ms, d, static(T0 + ms, [blob(T0 + 6_000)] if ms >= 6_000 else [])))
+        frames.append((T0 + ms, d, static(T0 + ms, [blob(T0 + 18_000)] if ms >= 18_000 else [])))
     raised = run(rule, frames)
     assert len(raised) == 1
     ts, c = raised[0]
-    # the detector saw the suitcase from t=0 (with its owner next to it until 3 s): due at 20 s
-    assert ts == T0 + 20_000 and c.details["source"] == "detector" and c.details["class_name"] == "suitcase"
+    # the detector saw the suitcase from 12 s (its owner next to it until 15 s): due at 32 s
+    assert ts == T0 + 32_000 and c.details["source"] == "detector" and c.details["class_name"] == "suitcase"
     assert c.details["visited"] is True and c.confidence == 0.85
+
+
+def test_dumping_detector_path_leaves_the_scenery_alone():
+    """What the detector sees alone in the zone in the rule's first `scenery_s` (litter, a bin bag
+    that was always there) is part of the scene, as the background model's first frames are; a bag
+    someone carries in then, or one that appears later, is not."""
+    rule = DumpingRule(CAM, geo(dump_zone()))
+    litter, carried = (100.0, 300.0, 130.0, 320.0), (240.0, 250.0, 270.0, 270.0)
+    frames = []
+    for k in range(140):
+        ms = k * STEP_MS
+        items = [(jitter(litter, k, 0.3), "bag")]  # there from the first frame, alone
+        if ms >= 2_000:
+            items.append((jitter(carried, k, 0.3), "bag"))  # carried in at 2 s...
+        if 2_000 <= ms < 5_000:
+            items.append(person(255, 280))  # ...by someone standing at it, who leaves at 5 s
+        if ms >= 40_000:
+            items.append((jitter(BAG, k), "bag"))  # and a new one, alone, at 40 s
+        frames.append((T0 + ms, dets(items, list(range(1, len(items) + 1))), None))
+    raised = [(ts - T0, c.details["box"]) for ts, c in run(rule, frames)]
+    assert [t for t, _ in raised] == [22_000, 60_000], (
+        raised
+    )  # the carried one, the new one; never the litter
+    assert rule.scenery and all(not _near(b, litter) for _, b in raised)
+
+    off = DumpingRule(CAM, geo(dump_zone(scenery_s=0)))  # no scenery window: the litter is raised too
+    assert len(run(off, frames)) == 3
+
+
+def _near(a, b) -> bool:
+    return abs((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) < 10 and abs((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) < 10
 
     rule = DumpingRule(CAM, geo(dump_zone()))
     frames = [

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_TEXT = (REPO / "docker-compose.yml").read_text("utf-8")
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)  # SafeLoader resolves the `<<:` merge keys as compose does
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+TOP_VOLUMES = set(COMPOSE.get("volumes") or {})
 GRIDWATCH_SERVICES = {name: s for name, s in SERVICES.items() if "build" in s}
 DEPLOY_CONFIG = REPO / "deploy" / "gridwatch" / "gridwatch.yaml"
 CONFIG_IN_CONTAINER = "/etc/gridwatch/gridwatch.yaml"
@@ -230,6 +231,29 @@ def test_deploy_config_points_at_the_compose_services(deploy_cfg: GridwatchConfi
             url.hostname == "mediamtx" and url.path.lstrip("/") in paths and feed.source.username == "viewer"
         )
     assert deploy_cfg.site.timezone == env_example()["GRIDWATCH_TIMEZONE"]
+
+
+def test_the_retraining_loop_shares_its_directories(deploy_cfg: GridwatchConfig) -> None:
+    """Verdicts (dispatch) copy the cameras' evidence and ask the camera workers for frames; the
+    workers follow the registry: those directories must be one volume in both services."""
+
+    def volume_for(service: str, path: Path) -> str | None:
+        for v in SERVICES[service].get("volumes", []):
+            src, dst = v.split(":")[:2]
+            if not src.startswith(".") and (path == Path(dst) or Path(dst) in path.parents):
+                return src
+        return None
+
+    shared = {
+        "evidence": deploy_cfg.cameras.evidence.directory,
+        "hard examples": deploy_cfg.dispatch.hard_examples_dir,
+        "registry": deploy_cfg.models.registry_dir,
+    }
+    for what, path in shared.items():
+        assert path is not None and path.is_absolute(), what
+        vols = {volume_for(s, path) for s in ("dispatch", "cameras")}
+        assert len(vols) == 1 and None not in vols, f"{what} ({path}): volumes {vols}"
+        assert next(iter(vols)) in TOP_VOLUMES, what
 
 
 def test_acl_is_what_gridwatch_generates(deploy_cfg: GridwatchConfig) -> None:

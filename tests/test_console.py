@@ -21,16 +21,19 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from gridwatch.clock import ManualClock
+from gridwatch.config import demo_config_path, load_config
 from gridwatch.console import ConsoleUser, build_console_router, hash_password, verify_password
 from gridwatch.console.demo import bulk_incidents, free_port, start_server
 from gridwatch.console.feed import ChangeFeed
 from gridwatch.console.i18n import LABELS
 from gridwatch.dataset.hard_examples import HardExampleStore
 from gridwatch.dispatch.core import DispatchCore
+from gridwatch.dispatch.ledger import Ledger
 from gridwatch.dispatch.machine import Command, CommandKind
 from gridwatch.dispatch.models import TransitionRow
 from gridwatch.schemas import EvidenceRef
-from tests.dispatch_helpers import candidate, make_core
+from tests.dispatch_helpers import T0, candidate, demo_city, grid_point, make_core
 
 PW = "s3cret-pw"
 STATIC = Path(__file__).resolve().parents[1] / "gridwatch" / "console" / "static"
@@ -410,6 +413,169 @@ def test_team_may_note_its_own_incident(core: DispatchCore, pw_hash: str) -> Non
     )  # fmt: skip
     assert r.status_code == 403
     assert [t.kind for t in core.ledger.transitions(other)] == ["dispatch"]
+
+
+# --- a miss by a camera ----------------------------------------------------------------------------
+
+
+def cam_feed(cam: str, grid: int, where: tuple[float, float] | None, label: str) -> dict[str, Any]:
+    gid = grid_point(grid)[0]
+    return {
+        "source": {"id": cam, "url": "rtsp://127.0.0.1:9/none", "analysed_fps": 2, "stall_timeout_s": 4},
+        "location": {"lon": where[0], "lat": where[1]} if where else None,
+        "rules": {
+            "camera": {
+                "camera_id": cam, "frame_size": [768, 576],
+                "zones": [{"kind": "gathering", "id": "z1", "label": label, "grid_id": gid, "max_people": 50,
+                           "dwell_s": 4, "polygon": [[0, 200], [768, 200], [768, 576], [0, 576]]}],
+            },
+            "tracker": {"fps": 2},
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def camera_core(tmp_path: Path) -> Iterator[DispatchCore]:
+    """Three cameras, in config order: one far from grid 0, one with no location, one ~60 m from
+    grid 0's point; misses become hard examples under tmp_path/hx."""
+    _, lon0, lat0 = grid_point(0)
+    _, lon5, lat5 = grid_point(5)
+    feeds = [
+        cam_feed("cam-0905", 5, (lon5, lat5), "北门广场"),
+        cam_feed("cam-0907", 7, None, "停车场入口"),
+        cam_feed("cam-0900", 0, (lon0, lat0 + 60 / 111_195.0), "东门垃圾站"),
+    ]
+    cfg = load_config(
+        demo_config_path(),
+        overrides={
+            "dispatch": {"ledger_url": f"sqlite:///{tmp_path}/cam-ledger.db", "hard_examples_dir": str(tmp_path / "hx")},
+            "cameras": {"feeds": feeds},
+        },
+    )  # fmt: skip
+    ledger = Ledger(cfg.dispatch.ledger_url)
+    ledger.migrate()
+    c = DispatchCore(cfg, demo_city(), ledger, ManualClock(T0))
+    c.load()
+    yield c
+    ledger.close()
+
+
+def offered(html: str) -> list[str]:
+    return re.findall(r'name="command" value="(\w+)"', html)
+
+
+def test_detail_offers_missed_to_an_operator_with_the_cameras_nearest_first(
+    camera_core: DispatchCore, core: DispatchCore, pw_hash: str
+) -> None:
+    iid = incident(camera_core, "s-1", grid=0)
+    app, _ = make_app(camera_core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    html = c.get(f"/console/incidents/{iid}").text
+    assert "missed" in offered(html) and 'id="missed-dialog"' in html and 'id="missed-open"' in html
+    assert ">漏检</button>" in html and "报告摄像头漏检" in html
+    # the time defaults to the incident's creation, as a wall-clock time of the centre (10:00 Shanghai)
+    assert 'id="missed-at" step="1" required value="2026-11-24T10:00:00"' in html
+    cfg = json.loads(re.search(r'id="gw-config">(.*?)</script>', html).group(1))
+    assert cfg["created_at"] == T0 and cfg["labels"]["missed_dist"] == "距事件 {m} 米"
+    # the cameras: the nearest first, then the farther, then the one with no location
+    cams = c.get(f"/console/api/incidents/{iid}/cameras").json()
+    assert [r["id"] for r in cams["rows"]] == ["cam-0900", "cam-0905", "cam-0907"]
+    near, far, nowhere = cams["rows"]
+    assert 50 <= near["dist_m"] <= 70 < far["dist_m"] and nowhere["dist_m"] is None
+    assert near["zones"] == ["东门垃圾站"] and near["grids"] == [grid_point(0)[0]]
+    assert cams["created_at"] == T0
+    # a team member (and a viewer) is not offered it, gets no dialog and no camera list
+    for name in ("team0", "view"):
+        o = TestClient(app)
+        login(o, name)
+        page = o.get(f"/console/incidents/{iid}").text
+        assert "missed" not in offered(page) and "missed-dialog" not in page, name
+        assert o.get(f"/console/api/incidents/{iid}/cameras").status_code == 403, name
+    # the English page has its labels
+    r = c.post("/console/lang", data={"lang": "en", "csrf": csrf_of(c), "back": f"/console/incidents/{iid}"})
+    assert ">Missed by a camera</button>" in r.text and "Report a miss by a camera" in r.text
+    # with no camera configured there is nothing to report (the API refuses any camera)
+    plain = incident(core, "s-1", grid=0)
+    p = TestClient(make_app(core, pw_hash)[0])
+    login(p, "op")
+    assert "missed" not in offered(p.get(f"/console/incidents/{plain}").text)
+
+
+def test_missed_from_the_console_is_audited_and_becomes_a_hard_example(
+    camera_core: DispatchCore, pw_hash: str, tmp_path: Path
+) -> None:
+    core = camera_core
+    iid = incident(core, "s-1", grid=0)
+    app, _ = make_app(core, pw_hash)
+    c = TestClient(app)
+    login(c, "op")
+    h = {"X-CSRF-Token": csrf_of(c)}
+    act = lambda iid, **body: c.post(f"/console/api/incidents/{iid}/act", json=body, headers=h)  # noqa: E731
+    at = T0 - 60_000
+    r = act(
+        iid,
+        command="missed",
+        command_id="console-m1",
+        camera_id="cam-0900",
+        at_ms=at,
+        note="白色面包车倒垃圾",
+    )
+    assert r.status_code == 200 and r.json() == {
+        "ok": True, "command": "missed", "duplicate": False, "state": "dispatched",
+    }  # fmt: skip
+    tr = core.ledger.transitions(iid)[-1]
+    assert (tr.kind, tr.actor, tr.by, tr.from_state, tr.to_state) == (
+        "missed", "operator", "op", "dispatched", "dispatched",
+    )  # fmt: skip
+    assert tr.params == {"via": "console", "camera_id": "cam-0900", "at_ms": at, "note": "白色面包车倒垃圾"}
+    store = HardExampleStore(tmp_path / "hx")
+    [ex] = list(store)
+    assert (ex.verdict, ex.data["camera_id"], ex.data["observed_at"], ex.data["verdict"]["by"]) == (
+        "missed", "cam-0900", at, "op",
+    )  # fmt: skip
+    assert [(q.example_id, q.at_ms) for q in store.frame_requests(["cam-0900"])] == [
+        (ex.path.parent.name, at)
+    ]
+    # the trail shows the translated audit line
+    page = c.get(f"/console/incidents/{iid}").text
+    assert "<td>漏检</td>" in page
+    assert "摄像头 cam-0900 于 2026-11-24T01:59:00.000Z 漏检: 白色面包车倒垃圾" in page
+    # the API's refusals come back as 422 with its reason, and nothing is audited
+    n = len(core.ledger.transitions(iid))
+    for body, why in (
+        ({"camera_id": "cam-nope", "at_ms": T0}, "is not a camera of this config"),
+        ({"camera_id": "cam-0900", "at_ms": T0 + 3_600_000}, "3600 s in the future"),
+        ({"camera_id": "cam-0900", "at_ms": T0 - 8 * 86_400_000}, "8.0 days ago"),
+        ({"camera_id": "cam-0900", "at_ms": "yesterday"}, "at_ms must be epoch milliseconds"),
+        ({"at_ms": T0}, "params.camera_id"),
+    ):
+        r = act(iid, command="missed", **body)
+        assert r.status_code == 422 and why in r.json()["detail"], (body, r.text)
+    # ... and the form route (no script) flashes it
+    r = c.post(
+        f"/console/incidents/{iid}/act",
+        data={"command": "missed", "camera_id": "cam-nope", "at_ms": str(T0), "csrf": h["X-CSRF-Token"]},
+    )
+    assert "无法执行" in r.text and "is not a camera of this config" in r.text
+    assert len(core.ledger.transitions(iid)) == n
+    # a team may not report a miss
+    t = TestClient(app)
+    login(t, "team0")
+    r = t.post(
+        f"/console/api/incidents/{iid}/act", json={"command": "missed", "camera_id": "cam-0900", "at_ms": T0},
+        headers={"X-CSRF-Token": csrf_of(t)},
+    )  # fmt: skip
+    assert r.status_code == 403
+    # a merged incident: not offered, refused (the miss belongs to the incident it merged into)
+    other = incident(core, "s-2", grid=5)
+    assert act(other, command="merge", into=iid).status_code == 200
+    assert "missed" not in offered(c.get(f"/console/incidents/{other}").text)
+    r = act(other, command="missed", camera_id="cam-0900", at_ms=T0)
+    assert r.status_code == 409 and "report the miss on the incident it merged into" in r.json()["detail"]
+    # the incident it merged into still offers it
+    assert "missed" in offered(c.get(f"/console/incidents/{iid}").text)
+    assert len(list(store)) == 1
 
 
 # --- languages ---------------------------------------------------------------------------------------

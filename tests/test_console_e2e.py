@@ -11,12 +11,15 @@ pushes it to its grid team's topic and nowhere else; (c) dismissing it (key `f`,
 its camera source into the hard-example store and pushes nothing; (d) its marker lies inside its
 grid on the map; (e) a team member can neither see nor act on another team's incident, in the
 browser and through the HTTP API; (f) no page of the Chinese UI shows an English label or an
-i18n key. Plus the screenshots of every screen from the demo city (docs/img/console-*.png when
-GRIDWATCH_CONSOLE_SHOTS is set to a directory), and a smoke run of `gridwatch bench console`.
+i18n key; (g) an operator reports a miss by a camera from the detail page: audited, translated in
+the trail, a `missed` hard example with a frame request. Plus the screenshots of every screen from
+the demo city (docs/img/console-*.png when GRIDWATCH_CONSOLE_SHOTS is set to a directory), and a
+smoke run of `gridwatch bench console`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import queue
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -41,6 +45,7 @@ from gridwatch.bench.console import (
     console_users,
     live_config,
 )
+from gridwatch.config import CameraConfig, GridwatchConfig
 from gridwatch.console.browser import VIEWPORT, launch, login, seen_at, watch_rows
 from gridwatch.console.i18n import LABELS
 from gridwatch.dataset.hard_examples import HardExampleStore
@@ -60,6 +65,29 @@ pytestmark = [
 
 CITY = demo_city()
 TEAM_A_TOKEN = "tok-team-a-91c2"
+MISS_GRID = CITY.grids()[20]
+
+
+def with_cameras(cfg: GridwatchConfig) -> GridwatchConfig:
+    """Three cameras (the API refuses a miss on any other), in config order: one far from
+    MISS_GRID, one about 80 m from its point, one with no location. Nobody runs them here."""
+    p, far = MISS_GRID.geometry.representative_point(), CITY.grids()[40].geometry.representative_point()
+
+    def cam(cid: str, grid: str, where: tuple[float, float] | None, label: str) -> CameraConfig:
+        return CameraConfig.model_validate({
+            "source": {"id": cid, "url": "rtsp://127.0.0.1:9/none", "analysed_fps": 2},
+            "location": {"lon": where[0], "lat": where[1]} if where else None,
+            "rules": {"camera": {"camera_id": cid, "frame_size": [768, 576], "zones": [
+                {"kind": "no_dumping", "id": "z1", "label": label, "grid_id": grid,
+                 "polygon": [[0, 200], [768, 200], [768, 576], [0, 576]]}]}},
+        })  # fmt: skip
+
+    feeds = [
+        cam("cam-0940", CITY.grids()[40].id, (far.x, far.y), "北门广场"),
+        cam("cam-0920", MISS_GRID.id, (p.x, p.y + 80 / 111_195.0), "东门垃圾站"),
+        cam("cam-0999", MISS_GRID.id, None, "停车场入口"),
+    ]
+    return cfg.model_copy(update={"cameras": cfg.cameras.model_copy(update={"feeds": feeds})})
 
 
 class AlertSink:
@@ -148,6 +176,7 @@ def live(
         credentials=[{"name": "team a", "role": "team", "node": CITY.grids()[0].id,
                       "token_sha256": hash_token(TEAM_A_TOKEN)}],
     )  # fmt: skip
+    cfg = with_cameras(cfg)
     svc = producer = alerts = None
     try:
         alerts = AlertSink(mosquitto.port)
@@ -509,6 +538,72 @@ def _rows(live: Live) -> list[Any]:
 
     with live.ledger.session() as s:
         return list(s.execute(select(IncidentRow)).scalars())
+
+
+# --- a miss by a camera, reported from the detail page -------------------------------------------------
+
+
+def test_operator_reports_a_miss_from_the_detail_page(live: Live, browser: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    p = MISS_GRID.geometry.representative_point()
+    now = int(time.time() * 1000)
+    cand = IncidentCandidate(
+        candidate_id=IncidentCandidate.make_id("citizen", "r-0920", "open311", now),
+        category="illegal_dumping", severity="medium", source_kind="citizen", source_id="r-0920",
+        grid_id=MISS_GRID.id, location=Location(lon=p.x, lat=p.y), observed_at=now, raised_at=now,
+        rule="open311", summary="市民举报：东门有人倾倒建筑垃圾",
+    )  # fmt: skip
+    iid, _ = live.send(cand)
+    row = live.wait_state(iid, "dispatched")
+    tz = live.svc.svc.cfg.site.timezone
+    ctx = browser.new_context(viewport=VIEWPORT, locale="zh-CN", timezone_id="UTC")  # not the centre's zone
+    page = ctx.new_page()
+    try:
+        login(page, live.base, "op", PASSWORD)
+        page.goto(f"{live.base}/incidents/{iid}")
+        page.click("#missed-open")
+        page.wait_for_selector(
+            '#missed-dialog[open] #missed-camera option[value="cam-0920"]', state="attached"
+        )
+        # the nearest camera first (and chosen), the one with no location last; the incident's time
+        values = page.eval_on_selector_all("#missed-camera option", "(os) => os.map((o) => o.value)")
+        assert values == ["cam-0920", "cam-0940", "cam-0999"]
+        assert page.input_value("#missed-camera") == "cam-0920"
+        wall = dt.datetime.fromtimestamp(row.created_at / 1000, ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M:%S")
+        assert page.input_value("#missed-at") in (wall, wall.removesuffix(":00"))
+        in_dialog = VISIBLE_TEXT_JS.replace("document.body", "document.getElementById('missed-dialog')")
+        assert untranslated(page.evaluate(in_dialog.replace("document.querySelectorAll", "document.getElementById('missed-dialog').querySelectorAll"))) == []  # fmt: skip
+        page.fill("#missed-note", "白色面包车倾倒建筑垃圾")
+        shots = Path(os.environ.get("GRIDWATCH_CONSOLE_SHOTS") or tmp_path)
+        page.screenshot(path=str(shots / "console-missed.png"))
+        # a time in the future: the API's reason shows in the dialog, which stays open
+        soon = dt.datetime.fromtimestamp(now / 1000 + 3600, ZoneInfo(tz)).strftime("%Y-%m-%dT%H:%M:%S")
+        page.eval_on_selector("#missed-at", "(e, v) => { e.value = v; }", soon)
+        page.click("#missed-form button[type=submit]")
+        expect(page.locator("#missed-error")).to_contain_text("in the future")
+        assert page.locator("#missed-dialog[open]").count() == 1
+        # back to the default time: the report goes in and the trail shows its audit line
+        page.eval_on_selector("#missed-at", "(e) => { e.value = e.defaultValue; }")
+        with page.expect_navigation():
+            page.click("#missed-form button[type=submit]")
+        last = page.locator("table.trail tbody tr").last
+        expect(last).to_contain_text("漏检")
+        expect(last).to_contain_text("摄像头 cam-0920 于 ")
+        expect(last).to_contain_text("漏检: 白色面包车倾倒建筑垃圾")
+    finally:
+        ctx.close()
+    tr = live.ledger.transitions(iid)[-1]
+    assert (tr.kind, tr.actor, tr.by, tr.to_state) == ("missed", "operator", "op", "dispatched")
+    assert (tr.params["camera_id"], tr.params["at_ms"]) == ("cam-0920", row.created_at)  # exactly, in ms
+    assert len([t for t in live.ledger.transitions(iid) if t.kind == "missed"]) == 1  # the refused one: not
+    store = HardExampleStore(live.work / "hard-examples")
+    [ex] = [x for x in store if x.data["incident_id"] == iid]
+    assert (ex.verdict, ex.data["camera_id"], ex.data["observed_at"], ex.data["frame_status"]) == (
+        "missed", "cam-0920", row.created_at, "requested",
+    )  # fmt: skip
+    reqs = [(q.example_id, q.at_ms) for q in store.frame_requests(["cam-0920"]) if q.incident_id == iid]
+    assert reqs == [(ex.path.parent.name, row.created_at)]  # for the camera's worker to fill
 
 
 # --- screenshots (demo city) and the bench smoke ------------------------------------------------------

@@ -200,6 +200,16 @@ LABELS: dict[str, tuple[str, str]] = {
     "merge_dist": ("{m} 米", "{m} m"),
     "recat_prompt": ("更正为哪个类别？", "Which category is it?"),
     "note_prompt": ("备注内容", "Note"),
+    "missed_prompt": ("报告摄像头漏检", "Report a miss by a camera"),
+    "missed_hint": (
+        "摄像头在该时间拍到了此事件却未报警。请尽快报告：摄像头只保留最近约两分钟的画面。",
+        "The camera showed this at that time and raised nothing. Report it promptly: "
+        "a camera keeps only its last two minutes or so of frames.",
+    ),
+    "missed_camera": ("摄像头（最近的在前）", "Camera (nearest first)"),
+    "missed_at": ("画面中可见的时间", "Visible at"),
+    "missed_note": ("说明（画面中有什么）", "Note (what it showed)"),
+    "missed_dist": ("距事件 {m} 米", "{m} m away"),
     "submit": ("提交", "Submit"),
     "cancel": ("取消", "Cancel"),
     # --- enumerations ---

@@ -308,6 +308,11 @@ def action_forms(
                 f'<input name="reason" placeholder="{e(t(L, "reason"))}" maxlength="2000"{req}>'
                 f'<button type="submit">{label}</button></form>'
             )
+        elif cmd == "missed":
+            # the form is a dialog (missed_dialog); detail.js opens it and posts the command
+            forms.append(
+                f'{head}<button type="button" id="missed-open" aria-haspopup="dialog">{label}</button></form>'
+            )
         elif cmd == "verify":
             forms.append(
                 # The first submit button is the one Enter in the note field would press: a disabled
@@ -327,6 +332,30 @@ def action_forms(
         else ""
     )
     return note + "".join(forms)
+
+
+def missed_dialog(ctx: PageCtx, row: IncidentRow) -> str:
+    """The miss report: camera (filled nearest first by detail.js from /api/incidents/{id}/cameras),
+    when it was visible (default: the incident's creation, as a wall-clock time of the centre's
+    zone; detail.js sends epoch ms), and a note."""
+    L = ctx.lang
+    at = dt.datetime.fromtimestamp(row.created_at / 1000, ZoneInfo(ctx.tz)).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"""
+  <dialog id="missed-dialog" aria-labelledby="missed-title">
+    <form method="dialog" id="missed-form">
+      <h2 id="missed-title">{e(t(L, "missed_prompt"))}</h2>
+      <p class="muted small">{e(t(L, "missed_hint"))}</p>
+      <label class="field"><span>{e(t(L, "missed_camera"))}</span>
+        <select name="camera_id" id="missed-camera" required><option value="">{e(t(L, "loading"))}</option></select></label>
+      <label class="field"><span>{e(t(L, "missed_at"))} · <small>{times_in(ctx)}</small></span>
+        <input type="datetime-local" name="at" id="missed-at" step="1" required value="{e(at)}"></label>
+      <label class="field"><span>{e(t(L, "missed_note"))}</span>
+        <input name="note" id="missed-note" maxlength="2000" autocomplete="off"></label>
+      <p class="flash error hidden" id="missed-error" role="alert"></p>
+      <menu><button value="cancel" type="button" class="cancel">{e(t(L, "cancel"))}</button>
+        <button value="ok" class="primary" type="submit">{e(t(L, "submit"))}</button></menu>
+    </form>
+  </dialog>"""
 
 
 def _evidence_html(ctx: PageCtx, iid: str, src: IncidentSourceRow) -> str:
@@ -512,12 +541,12 @@ def detail_page(
   <section class="card"><h2>{e(t(L, "sec_trail"))}</h2>{trail}</section>
   <section class="card"><h2>{e(t(L, "sec_sources"))}</h2>{src_html}</section>
   <section class="card"><h2>{e(t(L, "sec_pushes"))}</h2>{pushes}</section>
-  <p class="muted small">{times_in(ctx)}</p>
+  <p class="muted small">{times_in(ctx)}</p>{missed_dialog(ctx, row) if "missed" in allowed else ""}
 </main>"""
     return frame(
         ctx,
         title=f"{t(L, 'detail_title')} {row.incident_id}",
         body=body,
         page="detail",
-        data={"incident_id": row.incident_id, "version": row.version},
+        data={"incident_id": row.incident_id, "version": row.version, "created_at": row.created_at},
     )

@@ -268,3 +268,37 @@ def nearby(ledger: Ledger, row: IncidentRow, f: BoardFilter, *, limit: int = 6) 
             out.append({**board_row(r), "dist_m": round(dist)})
     out.sort(key=lambda r: (r["dist_m"], r["created_at"]))
     return out[:limit]
+
+
+def cameras_near(feeds: Sequence[Any], lon: float | None, lat: float | None) -> list[dict[str, Any]]:
+    """The configured cameras (`cameras.feeds`) for a miss report: id, zone labels, grids and the
+    distance to (lon, lat), nearest first where both places are known, then the rest in config
+    order. A camera's place is its `location`, else the mean of its zones' surveyed locations."""
+    out = []
+    for i, f in enumerate(feeds):
+        zones = list(f.rules.camera.zones)
+        place: tuple[float, float] | None = None
+        if f.location is not None:
+            place = (f.location.lon, f.location.lat)
+        else:
+            pts = [z.location for z in zones if getattr(z, "location", None) is not None]
+            if pts:
+                place = (sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts))
+        dist = None
+        if place is not None and lon is not None and lat is not None:
+            kx = math.cos(math.radians(lat))
+            dist = round(math.hypot((place[0] - lon) * kx * 111_320, (place[1] - lat) * 110_540))
+        labels = [str(z.label) for z in zones if getattr(z, "label", None)]
+        out.append(
+            {
+                "id": f.source.id,
+                "zones": list(dict.fromkeys(labels)),
+                "grids": sorted({z.grid_id for z in zones if getattr(z, "grid_id", None)}),
+                "dist_m": dist,
+                "_order": i,
+            }
+        )
+    out.sort(key=lambda c: (c["dist_m"] is None, c["dist_m"] or 0, c["_order"]))
+    for c in out:
+        del c["_order"]
+    return out

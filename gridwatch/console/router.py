@@ -9,6 +9,7 @@
     POST {prefix}/api/incidents/{id}/act      the same from a script (JSON, X-CSRF-Token header)
     GET  {prefix}/incidents/{id}/evidence/{candidate}/{n}   a local snapshot, only under evidence_dir
     GET  {prefix}/api/incidents | summary | markers | review | nodes | city.geojson
+    GET  {prefix}/api/incidents/{id}/nearby | cameras   merge suggestions; cameras for a miss report
     GET  {prefix}/events           server-sent events: audit-trail deltas (see feed.py)
 
 Who may do what is decided by `gridwatch.dispatch.api.authorise`, the same function as the HTTP
@@ -59,7 +60,7 @@ from gridwatch.console.pages import (
 from gridwatch.dispatch.api import TEAM_COMMANDS, Caller, authorise, command_action
 from gridwatch.dispatch.core import DispatchCore
 from gridwatch.dispatch.ledger import UnknownIncident
-from gridwatch.dispatch.machine import Command, CommandKind, IllegalTransition, apply
+from gridwatch.dispatch.machine import Command, CommandKind, IllegalTransition, InvalidParams, apply
 from gridwatch.dispatch.models import IncidentRow
 from gridwatch.schemas import Category, SourceKind
 
@@ -94,6 +95,7 @@ COMMAND_ORDER = (
     "reject",
     "merge",
     "false_alarm",
+    "missed",
     "note",
 )
 CSP = (
@@ -389,8 +391,11 @@ def build_console_router(
         other = next(n for n in city.nodes if n != row.node_id)
         other_cat = next(c.value for c in Category if c.value != row.category)
         now = core.clock.now_ms()
+        cameras = [f.source.id for f in core.cfg.cameras.feeds]
         out = []
         for cmd in COMMAND_ORDER:
+            if cmd == "missed" and not cameras:
+                continue  # the API refuses any camera that is not configured: nothing to report
             try:
                 authorise(who, action_of(cmd, row.state), row.chain)  # type: ignore[arg-type]
             except HTTPException:
@@ -398,7 +403,8 @@ def build_console_router(
             actor, by_node = actor_for(who, cmd, row)
             params = {"reason": "-", "note": "-", "ok": True, "to_node": other, "into": "dry-run-other",
                       "category": other_cat, "from_category": row.category, "rule_index": row.rule_index,
-                      "platform": row.platform}  # fmt: skip
+                      "platform": row.platform, "camera_id": cameras[0] if cameras else "-",
+                      "at_ms": now}  # fmt: skip
             try:
                 apply(inc, Command("dry-run", CommandKind(cmd), actor, who.name, by_node, params), now, plan)  # type: ignore[arg-type]
             except IllegalTransition:
@@ -440,6 +446,8 @@ def build_console_router(
             except UnknownIncident:
                 raise HTTPException(422, f"no incident {params['into']!r}") from None
             authorise(who, "read", target.chain)  # a team may not merge into what it may not see
+        if command == "missed":
+            params.update(missed_fields(fields))
         if command == "verify":
             ok = fields.get("ok")
             if ok in (None, ""):
@@ -453,6 +461,8 @@ def build_console_router(
             res = await run(lambda: core.command(iid, cmd))
         except UnknownIncident as exc:
             raise HTTPException(404, str(exc)) from None
+        except InvalidParams as exc:  # wrong in any state (a miss's camera or time): the API's 422
+            raise HTTPException(422, str(exc)) from None
         except IllegalTransition as exc:
             raise HTTPException(409, str(exc)) from None
         except KeyError as exc:  # unknown target node
@@ -476,7 +486,8 @@ def build_console_router(
         except HTTPException as exc:
             if exc.status_code in (401, 403, 404):
                 return forbidden_page(request, sess, exc)
-            key = "err_unknown_node" if exc.status_code == 422 else "err_illegal"
+            unknown_node = exc.status_code == 422 and form.get("command") != "missed"
+            key = "err_unknown_node" if unknown_node else "err_illegal"
             sess.flash.append(("error", t(L, key, why=exc.detail)))
             return RedirectResponse(back, 303)
         msg = t(L, "done_dup") if res["duplicate"] else t(L, "done_ok", cmd=tv(L, "cmd", res["command"]))
@@ -599,6 +610,16 @@ def build_console_router(
         rows = await run(lambda: queries.nearby(core.ledger, row, f, limit=min(limit, 20)))
         return JSONResponse({"rows": rows, "now_ms": core.clock.now_ms()})
 
+    @router.get("/api/incidents/{incident_id}/cameras")
+    async def api_cameras(request: Request, incident_id: str) -> JSONResponse:
+        """The configured cameras for a miss report on this incident, nearest first (where the
+        camera's and the incident's locations are known; the rest in config order)."""
+        sess = read_session(request)
+        row = await run(lambda: incident_or_404(incident_id))
+        authorise(caller_of(sess.user), "review", row.chain)  # who may report a miss
+        rows = queries.cameras_near(core.cfg.cameras.feeds, row.lon, row.lat)
+        return JSONResponse({"rows": rows, "created_at": row.created_at, "now_ms": core.clock.now_ms()})
+
     @router.get("/api/nodes")
     async def api_nodes(request: Request) -> Response:
         read_session(request)
@@ -684,6 +705,26 @@ def build_console_router(
         return Response(data, media_type=f"{ctype}; charset=utf-8", headers=headers)
 
     return router
+
+
+def missed_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`camera_id` and `at_ms` of a miss report from a form or JSON body. Whether the camera is
+    configured and the time plausible is the dispatch core's check (422 with its reason)."""
+    out: dict[str, Any] = {}
+    cam = str(fields.get("camera_id") or "").strip()[:128]
+    if cam:
+        out["camera_id"] = cam
+    at = fields.get("at_ms")
+    if at not in (None, ""):
+        try:
+            if isinstance(at, bool):
+                raise ValueError
+            out["at_ms"] = int(at)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise HTTPException(
+                422, f"missed: at_ms must be epoch milliseconds (an integer), not {str(at)[:40]!r}"
+            ) from None
+    return out
 
 
 def _may(who: Caller, action: str) -> bool:

@@ -39,6 +39,24 @@ export function fmtTime(ms, short = false) {
   return (short ? fmtShort : fmtFull).format(new Date(ms));
 }
 
+// A wall-clock time of the centre's time zone ("2026-11-24T10:00:00", what a datetime-local input
+// holds; the browser's own zone may differ) as epoch ms, or null when it is not one.
+const fmtParts = new Intl.DateTimeFormat("en-US", {
+  timeZone: cfg.tz, hourCycle: "h23", year: "numeric", month: "numeric", day: "numeric",
+  hour: "numeric", minute: "numeric", second: "numeric",
+});
+function zoneOffset(ms) {
+  const p = Object.fromEntries(fmtParts.formatToParts(new Date(ms)).map((x) => [x.type, x.value]));
+  return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour % 24, +p.minute, +p.second) - Math.floor(ms / 1000) * 1000;
+}
+export function wallToMs(value) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?$/.exec(value || "");
+  if (!m) return null;
+  const wall = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +(m[6] || 0), +(m[7] || "0").padEnd(3, "0"));
+  const guess = wall - zoneOffset(wall);
+  return wall - zoneOffset(guess); // the offset at the guess: right across a daylight-saving change
+}
+
 export function fmtDur(ms) {
   const s = Math.floor(Math.abs(ms) / 1000);
   if (s < 60) return t("d_sec", { n: s });

@@ -5,7 +5,8 @@ Runs after the dispatch loop, while the camera worker keeps analysing the campus
 1. **dataset**: the verdicts of this run (teams' false alarms, the operator's confirmations,
    cameras' verified closures: the hard-example store) become a dataset version (the sampler);
 2. **verifier**: the false-alarm verifier is retrained in seconds on the campus camera's
-   frames (background-model labels) plus the run's own dataset, and registered;
+   frames (background-model labels), checked on later frames and on the run's verdict frames,
+   and registered;
 3. **detector**: a short head-only fine-tune teaches the detector a class it lacks (`bag`,
    dumped sacks) on composited frames of the same camera, and is registered;
 4. **evaluation beside production**: frame-level AP of both detectors on held-out frames of
@@ -200,7 +201,8 @@ def run_loop(pipe: LocalPipeline, console: Console, *, workdir: Path, cameras: b
         r = train_detector(train, out, steps=FT_STEPS, seed=0, eval_datasets=[held])
         state["finetune"] = r
         model_dir = out / "model"
-        v = reg.register(model_dir, kind="detector", metrics=registry_metrics(r["metrics"]), parent="1",
+        parent = str(reg.get("detector", "production").version)
+        v = reg.register(model_dir, kind="detector", metrics=registry_metrics(r["metrics"]), parent=parent,
                          dataset=f"{train.name}/{train.tag}", description="demo: head fine-tune, new class bag")  # fmt: skip
         state["detector"] = v
         state["detector_dir"] = model_dir

@@ -430,6 +430,11 @@ class DumpingRule(_ZoneRule):
     def occupied(self) -> bool:
         return bool(self.episodes)
 
+    def relearn_scenery(self) -> None:
+        """Start a new scenery window at the next frame (a new detector: it may see objects the
+        last one did not); the scenery and episodes so far stay."""
+        self.watch_start = None
+
     def step(
         self, ts_ms: int, detections: sv.Detections, static: StaticForeground | None = None
     ) -> list[IncidentCandidate]:
@@ -616,9 +621,13 @@ class CameraRules:
         self.background = DualBackground(cfg.background) if needs_bg else None
 
     def set_model_version(self, model_version: str | None) -> None:
-        """A new detector took over (hot swap): later candidates name it; episodes carry on."""
+        """A new detector took over (hot swap): later candidates name it; episodes carry on. What
+        it sees in its first moments is learned as scenery again (a fine-tune that adds `bag` sees
+        the litter that was always there: not dumping)."""
         for rule in self.rules:
             rule.model_version = model_version
+            if isinstance(rule, DumpingRule):
+                rule.relearn_scenery()
 
     def occupied_zones(self) -> list[str]:
         """The zones whose rule holds an episode now (what a fresh rule state would raise again

@@ -423,6 +423,20 @@ def test_dumping_detector_path_leaves_the_scenery_alone():
     off = DumpingRule(CAM, geo(dump_zone(scenery_s=0)))  # no scenery window: the litter is raised too
     assert len(run(off, frames)) == 3
 
+    # a detector swapped in later that newly sees the litter: its first moments are scenery again
+    rules = CameraRules(CameraRulesConfig(camera=CameraZonesConfig(camera_id=CAM, frame_size=FRAME,
+                                                                   zones=[dump_zone()])))  # fmt: skip
+    rule = rules.rules[0]
+    assert isinstance(rule, DumpingRule)
+    empty = [(T0 + k * STEP_MS, dets([]), None) for k in range(60)]  # 30 s: the old model saw nothing
+    swap_at = T0 + 30_000
+    later = [(swap_at + k * STEP_MS, dets([(jitter(litter, k, 0.3), "bag")], [1]), None) for k in range(80)]
+    assert run(rule, empty) == []
+    rules.set_model_version("nanodet-g-416-bag@x")
+    assert run(rule, later) == []
+    unswapped = DumpingRule(CAM, geo(dump_zone()))  # the same frames without the swap: raised
+    assert run(unswapped, empty) == [] and len(run(unswapped, later)) == 1
+
 
 def _near(a, b) -> bool:
     return abs((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) < 10 and abs((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) < 10

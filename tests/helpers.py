@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +38,30 @@ def write_config(tmp: Path, data: dict[str, Any], name: str = "gridwatch.yaml") 
     p = tmp / name
     p.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return p
+
+
+class WorkerThread:
+    """A camera worker's `run()` on its own event loop in a daemon thread (as `gridwatch cameras
+    worker` runs it), for tests that watch it from outside; `stop()` ends and joins it."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            self._started.set()
+            await self.worker.run(self._stop)
+
+        self.loop.run_until_complete(main())
+
+    def stop(self, timeout: float = 30) -> None:
+        self._started.wait(10)
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(timeout)

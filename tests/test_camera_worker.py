@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from gridwatch.localrun import read_topic
 from gridwatch.schemas import IncidentCandidate
 from gridwatch.topics import CAMERA_EVENTS, INCIDENT_CANDIDATES
 from tests.dispatch_helpers import demo_city
+from tests.helpers import WorkerThread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,18 +64,7 @@ def test_footage_to_candidates_health_and_down_event(
     grid = demo_city().grids()[7].id
     cfg = camera_cfg(server.url("/cam1"), grid, tmp_path, tansu.bootstrap_servers, influx_v2.url)
     worker = CameraWorker(cfg)
-    loop = asyncio.new_event_loop()
-    stop: list[asyncio.Event] = []
-
-    def run() -> None:
-        async def main() -> None:
-            stop.append(asyncio.Event())
-            await worker.run(stop[0])
-
-        loop.run_until_complete(main())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    running = WorkerThread(worker)
     try:
         deadline = time.monotonic() + 60
         cands: list[IncidentCandidate] = []
@@ -129,9 +117,7 @@ def test_footage_to_candidates_health_and_down_event(
             time.sleep(0.5)
         assert down and down["camera_id"] == "cam-vtest"
     finally:
-        if stop:
-            loop.call_soon_threadsafe(stop[0].set)
-        t.join(30)
+        running.stop()
 
 
 def test_a_promoted_detector_reaches_a_running_worker_without_restart(
@@ -168,18 +154,7 @@ def test_a_promoted_detector_reaches_a_running_worker_without_restart(
     )
     worker = CameraWorker(cfg, kafka=False)
     assert worker.deployed_version == 1 and worker.detector.model_version.startswith("nanodet-g-416@")
-    loop = asyncio.new_event_loop()
-    stop: list[asyncio.Event] = []
-
-    def run() -> None:
-        async def main() -> None:
-            stop.append(asyncio.Event())
-            await worker.run(stop[0])
-
-        loop.run_until_complete(main())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    running = WorkerThread(worker)
     pipe = worker.pipelines["cam-vtest"]
     try:
         deadline = time.monotonic() + 60
@@ -230,6 +205,4 @@ def test_a_promoted_detector_reaches_a_running_worker_without_restart(
         assert worker.stats()["model_version"].startswith("nanodet-g-416-bag@")
         assert "+" not in worker.stats()["model_version"] and worker.counters["model_swap_errors"] == 0
     finally:
-        if stop:
-            loop.call_soon_threadsafe(stop[0].set)
-        t.join(30)
+        running.stop()

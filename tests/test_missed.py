@@ -9,9 +9,7 @@ worker on real footage over a real RTSP server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from gridwatch.dispatch.machine import (
 )
 from gridwatch.schemas import IncidentCandidate
 from tests.dispatch_helpers import T0, candidate, demo_city
+from tests.helpers import WorkerThread
 
 CAM = "cam-vtest"
 GRID = demo_city().grids()[7].id
@@ -254,18 +253,7 @@ def test_worker_fills_or_marks_frame_requests_and_the_sampler_uses_them(
     worker = CameraWorker(cfg, kafka=False)
     assert worker.frame_request_poll_s == 2.0  # the real period: "within a few seconds"
     ring = worker.recent_frames[CAM]
-    loop = asyncio.new_event_loop()
-    stop: list[asyncio.Event] = []
-
-    def run() -> None:
-        async def main() -> None:
-            stop.append(asyncio.Event())
-            await worker.run(stop[0])
-
-        loop.run_until_complete(main())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    running = WorkerThread(worker)
     store = HardExampleStore(tmp_path / "hx")
     try:
         deadline = time.monotonic() + 60
@@ -315,9 +303,7 @@ def test_worker_fills_or_marks_frame_requests_and_the_sampler_uses_them(
             0,
         )
     finally:
-        if stop:
-            loop.call_soon_threadsafe(stop[0].set)
-        t.join(30)
+        running.stop()
         core.ledger.close()
 
     # the sampler: the filled miss becomes an image to box; the others are skipped, counted

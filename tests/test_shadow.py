@@ -8,7 +8,6 @@ removed, then `gridwatch models compare` on what was recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import threading
@@ -42,6 +41,7 @@ from gridwatch.model_compare import (
 from gridwatch.schemas import IncidentCandidate
 from gridwatch.topics import INCIDENT_CANDIDATES
 from tests.dispatch_helpers import T0, candidate, demo_city, make_core
+from tests.helpers import WorkerThread
 from tests.test_camera_worker import camera_cfg
 
 BUNDLED = Path(__file__).resolve().parents[1] / "models" / "nanodet-g-416"
@@ -409,18 +409,7 @@ def test_shadow_beside_production_on_real_footage(
     cfg = _shadow_cfg(cfg, reg.root, record_dir)
     worker = CameraWorker(cfg)
     assert worker.shadow is not None and worker.shadow.version == v2
-    loop = asyncio.new_event_loop()
-    stop: list[asyncio.Event] = []
-
-    def run() -> None:
-        async def main() -> None:
-            stop.append(asyncio.Event())
-            await worker.run(stop[0])
-
-        loop.run_until_complete(main())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    running = WorkerThread(worker)
     try:
         _wait(lambda: worker.stats()["shadow_candidates"] >= 1 and worker.counters["candidates_sent"] >= 1,
               60, "a shadow and a production candidate", worker)  # fmt: skip
@@ -468,9 +457,7 @@ def test_shadow_beside_production_on_real_footage(
         assert worker.counters["errors"] == 0 and worker.counters["model_swap_errors"] == 0
         assert worker.detector.model_version.startswith("nanodet-g-416@")
     finally:
-        if stop:
-            loop.call_soon_threadsafe(stop[0].set)
-        t.join(30)
+        running.stop()
 
     records = read_records(record_dir)
     # cost lines per shadow version (a window is closed at each change)

@@ -91,13 +91,14 @@ class CameraWorker:
         self.inference = threading.Semaphore(cams.inference_slots or os.cpu_count() or 1)
         self.evidence = EvidenceStore(cams.evidence)
         #: missed reports (docs/DISPATCH.md): each camera's recent analysed frames, and the counts
-        #: of the frame requests it answered
+        #: of the frame requests it answered. Kept only where a hard-example store can ask for them:
+        #: each one costs a JPEG encode per analysed frame
         self.recent_frames: dict[str, FrameRing] = {
             f.source.id: FrameRing(
                 cams.evidence.recent_frames_s, int(cams.evidence.recent_frames_max_mb * 2**20)
             )
             for f in cams.feeds
-            if cams.evidence.recent_frames_s > 0
+            if cams.evidence.recent_frames_s > 0 and cfg.dispatch.hard_examples_dir is not None
         }
         self.frame_request_poll_s = 2.0
         self.counters.update(
